@@ -1,0 +1,1 @@
+//! Client crate (see issue 4).

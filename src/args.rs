@@ -1,0 +1,461 @@
+//! Argument parsing for every `RESERVE.*` command, as plain Rust.
+//!
+//! Each parser turns raw client bytes into a typed value or an
+//! [`ArgError`]; the glue maps that error to the exact reply text. Nothing
+//! here can panic on any input (a property test at the bottom checks it),
+//! because a panic inside a module takes the whole server down.
+
+use std::fmt;
+
+/// Largest wait timeout accepted: 100 years. Anything larger is almost
+/// certainly a unit mistake, and keeping it far below `i64::MAX` keeps
+/// `now + timeout` from overflowing.
+pub const MAX_TIMEOUT_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// What a client got wrong. The reply text lives in `errors.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgError {
+    Ttl,
+    Timeout,
+    Holder,
+    Token,
+    Syntax,
+    WrongArity,
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(crate::errors::arg_error_message(*self))
+    }
+}
+
+/// Parses seconds written in plain decimal notation (`30`, `0.25`, `.5`,
+/// `1.`) into milliseconds, rounding a sub-millisecond remainder up the way
+/// `BLPOP` does. Signs, exponents, `inf`, `nan`, spaces and any trailing
+/// byte are rejected: `None`.
+pub fn parse_seconds_as_ms(input: &[u8]) -> Option<u64> {
+    // 20 integer digits already overflow u64 milliseconds; a cap on the
+    // length keeps the loop bounded whatever the client sends.
+    if input.is_empty() || input.len() > 64 {
+        return None;
+    }
+    let (int_part, frac_part) = match input.iter().position(|&b| b == b'.') {
+        Some(dot) => (&input[..dot], Some(&input[dot + 1..])),
+        None => (input, None),
+    };
+    let frac_part = frac_part.unwrap_or(&[]);
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    if !int_part.iter().chain(frac_part).all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut ms: u64 = 0;
+    for &digit in int_part {
+        ms = ms.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+    }
+    ms = ms.checked_mul(1000)?;
+    let mut scale = 100;
+    let mut round_up = false;
+    for &digit in frac_part {
+        let d = u64::from(digit - b'0');
+        if scale > 0 {
+            ms = ms.checked_add(d * scale)?;
+            scale /= 10;
+        } else if d != 0 {
+            round_up = true;
+        }
+    }
+    if round_up {
+        ms = ms.checked_add(1)?;
+    }
+    Some(ms)
+}
+
+/// A reservation TTL: more than zero, at most `max_ttl_ms`.
+pub fn parse_ttl(input: &[u8], max_ttl_ms: u64) -> Result<u64, ArgError> {
+    match parse_seconds_as_ms(input) {
+        Some(ms) if ms > 0 && ms <= max_ttl_ms => Ok(ms),
+        _ => Err(ArgError::Ttl),
+    }
+}
+
+/// A wait timeout: `0` means forever (`None`), otherwise milliseconds.
+pub fn parse_timeout(input: &[u8]) -> Result<Option<u64>, ArgError> {
+    match parse_seconds_as_ms(input) {
+        Some(0) => Ok(None),
+        Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(Some(ms)),
+        _ => Err(ArgError::Timeout),
+    }
+}
+
+/// A holder identity: non-empty, at most `max_len` bytes, any bytes.
+pub fn parse_holder(input: &[u8], max_len: usize) -> Result<&[u8], ArgError> {
+    if input.is_empty() || input.len() > max_len {
+        Err(ArgError::Holder)
+    } else {
+        Ok(input)
+    }
+}
+
+/// A fencing token as a client writes it: a decimal u64 of at least 1.
+pub fn parse_token(input: &[u8]) -> Result<u64, ArgError> {
+    if input.is_empty() || input.len() > 20 || !input.iter().all(u8::is_ascii_digit) {
+        return Err(ArgError::Token);
+    }
+    let mut value: u64 = 0;
+    for &digit in input {
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(digit - b'0')))
+            .ok_or(ArgError::Token)?;
+    }
+    if value == 0 {
+        return Err(ArgError::Token);
+    }
+    Ok(value)
+}
+
+/// The optional `TOKEN t` tail of RENEW and RELEASE. `rest` is whatever
+/// follows the fixed arguments.
+pub fn parse_token_option(rest: &[&[u8]]) -> Result<Option<u64>, ArgError> {
+    match rest {
+        [] => Ok(None),
+        [name, value] if name.eq_ignore_ascii_case(b"TOKEN") => parse_token(value).map(Some),
+        [_, _] => Err(ArgError::Syntax),
+        _ => Err(ArgError::WrongArity),
+    }
+}
+
+/// Typed arguments of `RESERVE.LOCK key holder ttl`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LockArgs<'a> {
+    pub key: &'a [u8],
+    pub holder: &'a [u8],
+    pub ttl_ms: u64,
+}
+
+/// Typed arguments of `RESERVE.RENEW key holder ttl [TOKEN t]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RenewArgs<'a> {
+    pub key: &'a [u8],
+    pub holder: &'a [u8],
+    pub ttl_ms: u64,
+    pub token: Option<u64>,
+}
+
+/// Typed arguments of `RESERVE.RELEASE key holder [TOKEN t]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReleaseArgs<'a> {
+    pub key: &'a [u8],
+    pub holder: &'a [u8],
+    pub token: Option<u64>,
+}
+
+/// Typed arguments of `RESERVE.WAIT key holder ttl timeout`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WaitArgs<'a> {
+    pub key: &'a [u8],
+    pub holder: &'a [u8],
+    pub ttl_ms: u64,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Limits that come from the module configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_ttl_ms: u64,
+    pub max_holder_len: usize,
+}
+
+// `argv` below always includes the command name at index 0, as Redis hands
+// it over. Redis has already checked the declared arity; the variable-arity
+// commands check the rest here.
+
+pub fn parse_lock<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<LockArgs<'a>, ArgError> {
+    let [_, key, holder, ttl] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    Ok(LockArgs {
+        key,
+        holder: parse_holder(holder, limits.max_holder_len)?,
+        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
+    })
+}
+
+pub fn parse_renew<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<RenewArgs<'a>, ArgError> {
+    let [_, key, holder, ttl, rest @ ..] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    let token = parse_token_option(rest)?;
+    Ok(RenewArgs {
+        key,
+        holder: parse_holder(holder, limits.max_holder_len)?,
+        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
+        token,
+    })
+}
+
+pub fn parse_release<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<ReleaseArgs<'a>, ArgError> {
+    let [_, key, holder, rest @ ..] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    let token = parse_token_option(rest)?;
+    Ok(ReleaseArgs {
+        key,
+        holder: parse_holder(holder, limits.max_holder_len)?,
+        token,
+    })
+}
+
+pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>, ArgError> {
+    let [_, key, holder, ttl, timeout] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    Ok(WaitArgs {
+        key,
+        holder: parse_holder(holder, limits.max_holder_len)?,
+        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
+        timeout_ms: parse_timeout(timeout)?,
+    })
+}
+
+/// Typed arguments of the internal `RESERVE.SETSTATE key holder token
+/// acquired_at_ms renewals expire_at_ms` used for replication and AOF.
+/// `expire_at_ms` 0 means "no expiry set by this command" (AOF rewrite,
+/// where Redis appends the key's PEXPIREAT itself).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SetStateArgs<'a> {
+    pub key: &'a [u8],
+    pub holder: &'a [u8],
+    pub token: u64,
+    pub acquired_at_ms: i64,
+    pub renewals: u64,
+    pub expire_at_ms: Option<i64>,
+}
+
+fn parse_i64(input: &[u8]) -> Option<i64> {
+    std::str::from_utf8(input).ok()?.parse().ok()
+}
+
+pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgError> {
+    let [_, key, holder, token, acquired, renewals, expire] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    // Replicated state is trusted for content but still bounded in shape:
+    // a holder as long as the master accepted, never empty.
+    if holder.is_empty() {
+        return Err(ArgError::Holder);
+    }
+    let token = parse_token(token)?;
+    let acquired_at_ms = parse_i64(acquired).ok_or(ArgError::Syntax)?;
+    let renewals = std::str::from_utf8(renewals)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or(ArgError::Syntax)?;
+    let expire_at_ms = match parse_i64(expire).ok_or(ArgError::Syntax)? {
+        0 => None,
+        t if t > 0 => Some(t),
+        _ => return Err(ArgError::Syntax),
+    };
+    Ok(SetStateArgs {
+        key,
+        holder,
+        token,
+        acquired_at_ms,
+        renewals,
+        expire_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: Limits = Limits {
+        max_ttl_ms: 2_592_000_000,
+        max_holder_len: 512,
+    };
+
+    #[test]
+    fn seconds_in_decimal_notation() {
+        assert_eq!(parse_seconds_as_ms(b"30"), Some(30_000));
+        assert_eq!(parse_seconds_as_ms(b"0.25"), Some(250));
+        assert_eq!(parse_seconds_as_ms(b".5"), Some(500));
+        assert_eq!(parse_seconds_as_ms(b"1."), Some(1000));
+        assert_eq!(parse_seconds_as_ms(b"0.001"), Some(1));
+        assert_eq!(
+            parse_seconds_as_ms(b"0.0001"),
+            Some(1),
+            "rounds up like BLPOP"
+        );
+        assert_eq!(parse_seconds_as_ms(b"0.0010"), Some(1));
+        assert_eq!(parse_seconds_as_ms(b"0"), Some(0));
+        assert_eq!(parse_seconds_as_ms(b"007"), Some(7000));
+    }
+
+    #[test]
+    fn hostile_seconds_are_rejected() {
+        for bad in [
+            &b""[..],
+            b".",
+            b"-1",
+            b"+1",
+            b"1e3",
+            b"nan",
+            b"NaN",
+            b"inf",
+            b"-inf",
+            b"infinity",
+            b"1 ",
+            b" 1",
+            b"1.5x",
+            b"0x10",
+            b"1..2",
+            b"1.2.3",
+            b"18446744073709551616",
+            b"18446744073709551615",
+            b"99999999999999999999999999999999",
+            "١".as_bytes(),
+            b"\xff\xfe",
+            b"1\x00",
+        ] {
+            assert_eq!(parse_seconds_as_ms(bad), None, "{:?}", bad);
+        }
+        let huge = vec![b'9'; 10_000];
+        assert_eq!(parse_seconds_as_ms(&huge), None);
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        assert_eq!(parse_ttl(b"0", 10_000), Err(ArgError::Ttl));
+        assert_eq!(parse_ttl(b"0.0", 10_000), Err(ArgError::Ttl));
+        assert_eq!(parse_ttl(b"10", 10_000), Ok(10_000));
+        assert_eq!(parse_ttl(b"10.001", 10_000), Err(ArgError::Ttl));
+        assert_eq!(parse_ttl(b"-5", 10_000), Err(ArgError::Ttl));
+    }
+
+    #[test]
+    fn timeout_zero_is_forever() {
+        assert_eq!(parse_timeout(b"0"), Ok(None));
+        assert_eq!(parse_timeout(b"0.000"), Ok(None));
+        assert_eq!(parse_timeout(b"1.5"), Ok(Some(1500)));
+        assert_eq!(parse_timeout(b"-1"), Err(ArgError::Timeout));
+        assert_eq!(parse_timeout(b"inf"), Err(ArgError::Timeout));
+        assert_eq!(parse_timeout(b"99999999999999"), Err(ArgError::Timeout));
+    }
+
+    #[test]
+    fn holders() {
+        assert_eq!(parse_holder(b"", 4), Err(ArgError::Holder));
+        assert_eq!(parse_holder(b"abcde", 4), Err(ArgError::Holder));
+        assert_eq!(parse_holder(b"\xff\x00ab", 4), Ok(&b"\xff\x00ab"[..]));
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(parse_token(b"1"), Ok(1));
+        assert_eq!(parse_token(b"18446744073709551615"), Ok(u64::MAX));
+        for bad in [&b"0"[..], b"", b"-1", b"18446744073709551616", b"1x", b" 1"] {
+            assert_eq!(parse_token(bad), Err(ArgError::Token), "{:?}", bad);
+        }
+    }
+
+    #[test]
+    fn token_option() {
+        assert_eq!(parse_token_option(&[]), Ok(None));
+        assert_eq!(parse_token_option(&[b"token", b"7"]), Ok(Some(7)));
+        assert_eq!(parse_token_option(&[b"TOKEN", b"x"]), Err(ArgError::Token));
+        assert_eq!(
+            parse_token_option(&[b"TOKENS", b"7"]),
+            Err(ArgError::Syntax)
+        );
+        assert_eq!(parse_token_option(&[b"TOKEN"]), Err(ArgError::WrongArity));
+        assert_eq!(
+            parse_token_option(&[b"TOKEN", b"1", b"x"]),
+            Err(ArgError::WrongArity)
+        );
+    }
+
+    #[test]
+    fn commands() {
+        let lock = parse_lock(&[b"RESERVE.LOCK", b"job", b"w1", b"1800"], LIMITS).unwrap();
+        assert_eq!(lock.ttl_ms, 1_800_000);
+        assert_eq!(
+            parse_lock(&[b"RESERVE.LOCK", b"job", b"", b"1"], LIMITS),
+            Err(ArgError::Holder)
+        );
+        assert_eq!(
+            parse_lock(&[b"RESERVE.LOCK", b"job", b"w", b"2592001"], LIMITS),
+            Err(ArgError::Ttl)
+        );
+        let renew = parse_renew(
+            &[b"RESERVE.RENEW", b"job", b"w", b"5", b"TOKEN", b"9"],
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(renew.token, Some(9));
+        let release = parse_release(&[b"RESERVE.RELEASE", b"job", b"w"], LIMITS).unwrap();
+        assert_eq!(release.token, None);
+        let wait = parse_wait(&[b"RESERVE.WAIT", b"job", b"w", b"5", b"0"], LIMITS).unwrap();
+        assert_eq!(wait.timeout_ms, None);
+        assert_eq!(
+            parse_wait(&[b"RESERVE.WAIT", b"job", b"w", b"5"], LIMITS),
+            Err(ArgError::WrongArity)
+        );
+    }
+
+    #[test]
+    fn set_state() {
+        let s = parse_set_state(&[b"X", b"k", b"h", b"5", b"1000", b"2", b"99999"]).unwrap();
+        assert_eq!(s.token, 5);
+        assert_eq!(s.expire_at_ms, Some(99_999));
+        let s = parse_set_state(&[b"X", b"k", b"h", b"5", b"1000", b"2", b"0"]).unwrap();
+        assert_eq!(s.expire_at_ms, None);
+        assert!(parse_set_state(&[b"X", b"k", b"h", b"5", b"1000", b"2", b"-3"]).is_err());
+        assert!(parse_set_state(&[b"X", b"k", b"", b"5", b"1000", b"2", b"1"]).is_err());
+        assert!(parse_set_state(&[b"X", b"k", b"h", b"0", b"1000", b"2", b"1"]).is_err());
+    }
+
+    fn arg() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            "[0-9.eE+-]{0,30}".prop_map(String::into_bytes),
+            Just(b"TOKEN".to_vec()),
+            Just(b"nan".to_vec()),
+            Just(b"0".to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Any argument vector yields a typed value or an error, never a
+        /// panic, and every accepted TTL respects the limits.
+        #[test]
+        fn parsers_never_panic(args in proptest::collection::vec(arg(), 0..9)) {
+            let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            if let Ok(a) = parse_lock(&argv, LIMITS) {
+                prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
+                prop_assert!(!a.holder.is_empty() && a.holder.len() <= LIMITS.max_holder_len);
+            }
+            if let Ok(a) = parse_renew(&argv, LIMITS) {
+                prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
+                prop_assert!(a.token != Some(0));
+            }
+            let _ = parse_release(&argv, LIMITS);
+            if let Ok(a) = parse_wait(&argv, LIMITS) {
+                prop_assert!(a.timeout_ms.map_or(true, |t| t > 0 && t <= MAX_TIMEOUT_MS));
+            }
+            let _ = parse_set_state(&argv);
+        }
+
+        /// Plain decimals parse to exactly what they say (ms, rounded up).
+        #[test]
+        fn decimals_round_trip(secs in 0u64..10_000_000, ms in 0u64..1000) {
+            let text = format!("{secs}.{ms:03}");
+            prop_assert_eq!(parse_seconds_as_ms(text.as_bytes()), Some(secs * 1000 + ms));
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! RESERVE.WAIT's machinery: blocked clients, FIFO handoff, and the timers
+//! that grant at the holder's exact expiry and time waiters out.
+//!
+//! Ownership moves inside the command or event that frees a key (the
+//! reply callback, which Redis runs later in `beforeSleep`, only replies).
+//! Waiter timeouts are module timers rather than Redis's own blocking
+//! timeout, so a grant and a timeout can never both happen to one waiter:
+//! both are decided here, on the main thread, in one place.
+
+use std::ffi::{c_int, c_void};
+use std::ptr;
+
+use redis_module::raw;
+
+use crate::errors;
+use crate::ffi::{
+    self, create_timer, is_master, now_ms, reply_error, reply_integer, rm, select_db, stop_timer,
+    Ctx, KeyKind, OpenKey, OwnedString, RString,
+};
+use crate::reservation::Reservation;
+use crate::state::{
+    bump, issue_token, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter,
+    STATS,
+};
+use crate::waitqueue::{Removed, WaiterId};
+
+/// What a blocked client is told when Redis runs its reply callback.
+enum WaitReply {
+    Granted {
+        token: u64,
+        key: QueueKey,
+        holder: Box<[u8]>,
+        delivered: bool,
+    },
+    TimedOut,
+    WrongType,
+}
+
+// ----- replication of grants -----
+
+/// Propagates one reservation's full state: holder, exact token, absolute
+/// expiry. Replicas and AOF replay end with exactly what the master has.
+pub fn replicate_state(ctx: Ctx, key: &[u8], r: &Reservation, expire_at_ms: i64) {
+    let token = r.token.to_string();
+    let acquired = r.acquired_at_ms.to_string();
+    let renewals = r.renewals.to_string();
+    let expire = expire_at_ms.to_string();
+    ffi::replicate(
+        ctx,
+        c"RESERVE.SETSTATE",
+        &[
+            key,
+            &r.holder,
+            token.as_bytes(),
+            acquired.as_bytes(),
+            renewals.as_bytes(),
+            expire.as_bytes(),
+        ],
+    );
+}
+
+/// Creates a reservation for `holder` on an empty key with a new token.
+pub fn grant(ctx: Ctx, key: &OpenKey, name: &[u8], holder: &[u8], ttl_ms: u64, now: i64) -> u64 {
+    let token = issue_token(now);
+    let r = Reservation::new(holder, token, now);
+    let expire_at = now.saturating_add(ttl_ms as i64);
+    replicate_state(ctx, name, &r, expire_at);
+    key.set_reservation(r);
+    key.set_abs_expire(expire_at);
+    bump(&STATS.grants);
+    token
+}
+
+// ----- handoff -----
+
+/// Gives the (empty) key to the oldest waiter, if any: new token, the
+/// waiter's TTL, propagated, and the waiter unblocked with its token.
+pub fn hand_off(
+    ctx: Ctx,
+    st: &mut ModuleState,
+    key: &OpenKey,
+    qk: &QueueKey,
+    now: i64,
+) -> Option<u64> {
+    let removed = st.waiters.pop_front(qk)?;
+    let waiter = removed.value;
+    let token = grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, now);
+    bump(&STATS.handoffs);
+    forget_waiter(ctx, st, &waiter);
+    match removed.emptied {
+        Some(meta) => cancel_expiry_timer(ctx, meta),
+        None => sync_expiry_timer(ctx, st, qk, key.abs_expire(), now),
+    }
+    unblock(
+        waiter.client,
+        WaitReply::Granted {
+            token,
+            key: qk.clone(),
+            holder: waiter.holder,
+            delivered: false,
+        },
+    );
+    st.publish_waiter_count();
+    Some(token)
+}
+
+/// Drops a waiter's bookkeeping (its client mapping and timeout timer).
+fn forget_waiter(ctx: Ctx, st: &mut ModuleState, waiter: &Waiter) {
+    st.by_client.remove(&waiter.client);
+    if let Some(timer) = waiter.timeout_timer {
+        // The data is the waiter id, an integer: nothing to free.
+        let _ = stop_timer(ctx, timer);
+    }
+}
+
+fn unblock(client: BlockedClient, reply: WaitReply) {
+    let data = Box::into_raw(Box::new(reply));
+    // SAFETY: the handle came from BlockClient and is unblocked exactly
+    // once (it leaves `by_client` first); Redis hands `data` to our reply
+    // and free callbacks.
+    unsafe { rm!(RedisModule_UnblockClient)(client.0, data.cast()) };
+}
+
+// ----- blocking a client -----
+
+/// Queues the calling client behind `qk`'s waiters. The caller has already
+/// found the key held; the client gets its reply when granted or timed out.
+#[allow(clippy::too_many_arguments)]
+pub fn block_waiter(
+    ctx: Ctx,
+    st: &mut ModuleState,
+    qk: QueueKey,
+    holder: &[u8],
+    ttl_ms: u64,
+    timeout_ms: Option<u64>,
+    key_expire: Option<i64>,
+    now: i64,
+) -> Result<(), &'static str> {
+    let max = crate::config::max_waiters();
+    if st.waiters.len(&qk) >= max {
+        return Err(errors::TOO_MANY_WAITERS);
+    }
+    // SAFETY: ctx is a command context that allows blocking (checked by
+    // the caller); the callbacks match the signatures Redis expects.
+    let bc = unsafe {
+        rm!(RedisModule_BlockClient)(
+            ctx,
+            Some(wait_reply),
+            Some(wait_unblocked),
+            Some(free_reply),
+            0,
+        )
+    };
+    if bc.is_null() {
+        return Err(errors::INTERNAL_PANIC);
+    }
+    // SAFETY: bc is the handle just created.
+    unsafe { rm!(RedisModule_SetDisconnectCallback)(bc, Some(wait_disconnected)) };
+    let client = BlockedClient(bc);
+    let waiter = Waiter {
+        holder: holder.into(),
+        ttl_ms,
+        client,
+        timeout_timer: None,
+    };
+    let id = match st.waiters.push(qk.clone(), waiter, max) {
+        Ok(id) => id,
+        Err(_) => {
+            unblock(client, WaitReply::TimedOut);
+            return Ok(());
+        }
+    };
+    st.by_client.insert(client, id);
+    if let Some(timeout) = timeout_ms {
+        let timer = create_timer(ctx, timeout as i64, waiter_timed_out, waiter_timer_data(id));
+        if let Some(w) = st.waiters.get_mut(id) {
+            w.timeout_timer = Some(timer);
+        }
+    }
+    sync_expiry_timer(ctx, st, &qk, key_expire, now);
+    bump(&STATS.waits_blocked);
+    st.publish_waiter_count();
+    Ok(())
+}
+
+fn waiter_timer_data(id: WaiterId) -> *mut c_void {
+    id.to_raw() as usize as *mut c_void
+}
+
+/// Takes a waiter out of its queue for good (timeout, disconnect, unblock).
+fn remove_waiter(ctx: Ctx, st: &mut ModuleState, id: WaiterId) -> Option<Waiter> {
+    let Removed { value, emptied, .. } = st.waiters.remove(id)?;
+    forget_waiter(ctx, st, &value);
+    if let Some(meta) = emptied {
+        cancel_expiry_timer(ctx, meta);
+    }
+    st.publish_waiter_count();
+    Some(value)
+}
+
+// ----- blocked-client callbacks -----
+
+/// Runs in `beforeSleep` for every unblocked waiter: reply only.
+extern "C" fn wait_reply(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
+    // SAFETY: in a reply callback the private data is what we passed to
+    // UnblockClient: a Box<WaitReply> that stays alive until free_reply.
+    let reply = unsafe { rm!(RedisModule_GetBlockedClientPrivateData)(ctx) }.cast::<WaitReply>();
+    // SAFETY: see above; nothing else touches it meanwhile.
+    match unsafe { reply.as_mut() } {
+        Some(WaitReply::Granted {
+            token, delivered, ..
+        }) => {
+            *delivered = true;
+            reply_integer(ctx, *token as i64);
+        }
+        Some(WaitReply::WrongType) => reply_error(ctx, errors::WRONGTYPE),
+        Some(WaitReply::TimedOut) | None => reply_integer(ctx, 0),
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+/// Redis calls this for `CLIENT UNBLOCK id` (waiters have no Redis-side
+/// timeout): the waiter leaves the queue and is told 0, as on a timeout.
+extern "C" fn wait_unblocked(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
+    // SAFETY: in a timeout callback the context carries the handle.
+    let bc = unsafe { rm!(RedisModule_GetBlockedClientHandle)(ctx) };
+    if let Some(mut st) = state() {
+        if let Some(id) = st.by_client.get(&BlockedClient(bc)).copied() {
+            if remove_waiter(ctx, &mut st, id).is_some() {
+                bump(&STATS.wait_timeouts);
+            }
+            // SAFETY: still blocked (it was in `by_client`); this frees
+            // the handle once Redis finishes unblocking it.
+            unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
+        }
+    }
+    reply_integer(ctx, 0);
+    raw::REDISMODULE_OK as c_int
+}
+
+/// The waiter's connection went away (QUIT, CLIENT KILL, CLIENT UNBLOCK
+/// ERROR, master turned replica): it leaves the queue, never granted.
+extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient) {
+    if let Some(mut st) = state() {
+        if let Some(id) = st.by_client.get(&BlockedClient(bc)).copied() {
+            remove_waiter(ctx, &mut st, id);
+            // SAFETY: still blocked; frees the handle.
+            unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
+        }
+    }
+}
+
+/// Frees a reply. A grant whose reply never went out (the client vanished
+/// in the same event-loop iteration) is released rather than left to sit
+/// until its TTL.
+extern "C" fn free_reply(ctx: Ctx, data: *mut c_void) {
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: `data` is the Box<WaitReply> passed to UnblockClient.
+    let reply = unsafe { Box::from_raw(data.cast::<WaitReply>()) };
+    if let WaitReply::Granted {
+        token,
+        key,
+        holder,
+        delivered: false,
+    } = *reply
+    {
+        if let Some(mut st) = state() {
+            st.orphans.push(Orphan { key, holder, token });
+            arm_pending_timer(ctx, &mut st);
+        }
+    }
+}
+
+/// A waiter's own timeout ran out.
+extern "C" fn waiter_timed_out(ctx: Ctx, data: *mut c_void) {
+    let id = WaiterId::from_raw(data as usize as u64);
+    let Some(mut st) = state() else { return };
+    // The timer already fired: make sure it is not stopped again.
+    if let Some(w) = st.waiters.get_mut(id) {
+        w.timeout_timer = None;
+    }
+    if let Some(waiter) = remove_waiter(ctx, &mut st, id) {
+        bump(&STATS.wait_timeouts);
+        unblock(waiter.client, WaitReply::TimedOut);
+    }
+}
+
+// ----- expiry timers -----
+
+/// Keeps exactly one timer per queued key, armed just after the key's
+/// expiry (Redis treats a key as expired once now > expire).
+pub fn sync_expiry_timer(
+    ctx: Ctx,
+    st: &mut ModuleState,
+    qk: &QueueKey,
+    expire: Option<i64>,
+    now: i64,
+) {
+    let Some(meta) = st.waiters.meta_mut(qk) else {
+        return;
+    };
+    let fire_at = expire.map(|e| e.saturating_add(1));
+    if meta.expiry_timer.map(|(_, at)| at) == fire_at {
+        return;
+    }
+    if let Some((id, _)) = meta.expiry_timer.take() {
+        free_expiry_timer_data(stop_timer(ctx, id));
+    }
+    if let Some(at) = fire_at {
+        let data = Box::into_raw(Box::new(qk.clone()));
+        let delay = at.saturating_sub(now).max(0);
+        let id = create_timer(ctx, delay, expiry_timer_fired, data.cast());
+        meta.expiry_timer = Some((id, at));
+    }
+}
+
+fn cancel_expiry_timer(ctx: Ctx, meta: QueueMeta) {
+    if let Some((id, _)) = meta.expiry_timer {
+        free_expiry_timer_data(stop_timer(ctx, id));
+    }
+}
+
+fn free_expiry_timer_data(data: Option<*mut c_void>) {
+    if let Some(data) = data.filter(|d| !d.is_null()) {
+        // SAFETY: expiry timers carry a Box<QueueKey> made in
+        // sync_expiry_timer; a stopped timer hands it back exactly once.
+        drop(unsafe { Box::from_raw(data.cast::<QueueKey>()) });
+    }
+}
+
+extern "C" fn expiry_timer_fired(ctx: Ctx, data: *mut c_void) {
+    // SAFETY: see free_expiry_timer_data; a fired timer owns its data.
+    let qk = *unsafe { Box::from_raw(data.cast::<QueueKey>()) };
+    if let Some(mut st) = state() {
+        if let Some(meta) = st.waiters.meta_mut(&qk) {
+            meta.expiry_timer = None;
+        }
+    }
+    check_key(ctx, &qk);
+}
+
+// ----- deferred checks -----
+
+/// Queues `qk` to be re-examined once the current command or notification
+/// is over (writes are not allowed inside notification callbacks).
+pub fn schedule_check(ctx: Ctx, st: &mut ModuleState, qk: QueueKey) {
+    st.pending.insert(qk);
+    arm_pending_timer(ctx, st);
+}
+
+fn arm_pending_timer(ctx: Ctx, st: &mut ModuleState) {
+    if !st.pending_timer_armed {
+        st.pending_timer_armed = true;
+        create_timer(ctx, 0, process_pending, ptr::null_mut());
+    }
+}
+
+extern "C" fn process_pending(ctx: Ctx, _data: *mut c_void) {
+    let (keys, orphans) = match state() {
+        Some(mut st) => {
+            st.pending_timer_armed = false;
+            (
+                std::mem::take(&mut st.pending),
+                std::mem::take(&mut st.orphans),
+            )
+        }
+        None => return,
+    };
+    for orphan in orphans {
+        release_orphan(ctx, orphan);
+    }
+    for qk in keys {
+        check_key(ctx, &qk);
+    }
+}
+
+/// Looks at a key with waiters after something happened to it: grants the
+/// oldest waiter if it is free, re-arms the expiry timer if it is held,
+/// fails every waiter with WRONGTYPE if it became another kind of value.
+pub fn check_key(ctx: Ctx, qk: &QueueKey) {
+    if !is_master(ctx) {
+        return;
+    }
+    select_db(ctx, qk.db);
+    let name = OwnedString::new(ctx, &qk.key);
+    let key = OpenKey::write(ctx, name.as_ptr());
+    let now = now_ms();
+    let Some(mut st) = state() else { return };
+    if st.waiters.len(qk) == 0 {
+        return;
+    }
+    match key.kind() {
+        KeyKind::Empty => {
+            hand_off(ctx, &mut st, &key, qk, now);
+        }
+        KeyKind::Reservation(_) | KeyKind::LegacyString => {
+            sync_expiry_timer(ctx, &mut st, qk, key.abs_expire(), now);
+        }
+        KeyKind::Other => {
+            for removed in st.waiters.drain(qk) {
+                forget_waiter(ctx, &mut st, &removed.value);
+                if let Some(meta) = removed.emptied {
+                    cancel_expiry_timer(ctx, meta);
+                }
+                bump(&STATS.wrongtype_waiters);
+                unblock(removed.value.client, WaitReply::WrongType);
+            }
+            st.publish_waiter_count();
+        }
+    }
+}
+
+/// Releases a grant whose waiter never saw it, if it is still that grant.
+fn release_orphan(ctx: Ctx, orphan: Orphan) {
+    if !is_master(ctx) {
+        return;
+    }
+    select_db(ctx, orphan.key.db);
+    let name = OwnedString::new(ctx, &orphan.key.key);
+    let key = OpenKey::write(ctx, name.as_ptr());
+    let KeyKind::Reservation(r) = key.kind() else {
+        return;
+    };
+    // SAFETY: the value stays alive while the key is open and untouched.
+    let still_theirs = unsafe { r.as_ref() }.is_held_by(&orphan.holder, Some(orphan.token));
+    if !still_theirs {
+        return;
+    }
+    key.delete();
+    bump(&STATS.releases);
+    let now = now_ms();
+    let handed = state().and_then(|mut st| hand_off(ctx, &mut st, &key, &orphan.key, now));
+    if handed.is_none() {
+        ffi::replicate(ctx, c"DEL", &[&orphan.key.key]);
+    }
+}
+
+/// Schedules a check of every queued key in `db` (or all, when None):
+/// FLUSHDB/FLUSHALL, SWAPDB, loading and promotion change keys wholesale
+/// without per-key notifications.
+pub fn schedule_check_all(ctx: Ctx, db: Option<i32>) {
+    let Some(mut st) = state() else { return };
+    let keys: Vec<QueueKey> = st
+        .waiters
+        .keys()
+        .filter(|k| db.is_none_or(|d| d == k.db))
+        .cloned()
+        .collect();
+    for qk in keys {
+        schedule_check(ctx, &mut st, qk);
+    }
+}
+
+/// Helper for commands: the key under which `name` queues in this db.
+pub fn queue_key(ctx: Ctx, name: &[u8]) -> QueueKey {
+    QueueKey {
+        db: ffi::selected_db(ctx),
+        key: name.into(),
+    }
+}

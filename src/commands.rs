@@ -1,0 +1,361 @@
+//! The `RESERVE.*` command handlers: parse, look at the key, carry out the
+//! state machine's decision, replicate, reply.
+//!
+//! Every handler runs inside [`run`], which turns raw argv into byte slices,
+//! catches any panic (a panic in a module would abort redis-server) and
+//! maps failures to error replies. Handlers reply themselves on success
+//! because replies differ in shape (integer, map, or none while blocked).
+
+use std::ffi::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use redis_module::raw;
+
+use crate::args::{self, ArgError};
+use crate::blocking::{self, block_waiter, grant, hand_off, queue_key, replicate_state};
+use crate::config;
+use crate::errors;
+use crate::ffi::{
+    self, context_flags, log_warning, now_ms, reply_bulk, reply_error, reply_integer, reply_map,
+    reply_null, reply_wrong_arity, rm, Ctx, KeyKind, OpenKey, RString,
+};
+use crate::reservation::{
+    decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation,
+};
+use crate::state::{bump, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED};
+
+/// Why a command failed.
+pub enum Failure {
+    /// Redis's own "wrong number of arguments for '...' command".
+    Arity,
+    Message(&'static str),
+}
+
+impl From<ArgError> for Failure {
+    fn from(e: ArgError) -> Self {
+        match e {
+            ArgError::WrongArity => Failure::Arity,
+            other => Failure::Message(errors::arg_error_message(other)),
+        }
+    }
+}
+
+impl From<&'static str> for Failure {
+    fn from(msg: &'static str) -> Self {
+        Failure::Message(msg)
+    }
+}
+
+type Handler = fn(Ctx, &[&[u8]], &[RString]) -> Result<(), Failure>;
+
+/// The most arguments any command takes (RESERVE.SETSTATE: 7).
+const MAX_ARGS: usize = 7;
+
+/// Runs one handler: argv to byte slices, panics caught, errors replied.
+pub fn run(ctx: Ctx, argv: *mut RString, argc: c_int, handler: Handler) -> c_int {
+    let argc = usize::try_from(argc).unwrap_or(0);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        if argv.is_null() || argc > MAX_ARGS {
+            return Err(Failure::Arity);
+        }
+        // SAFETY: Redis passes `argc` valid string pointers in `argv`.
+        let raw_args = unsafe { std::slice::from_raw_parts(argv, argc) };
+        let mut bytes: [&[u8]; MAX_ARGS] = [&[]; MAX_ARGS];
+        for (slot, s) in bytes.iter_mut().zip(raw_args) {
+            *slot = ffi::string_bytes(*s);
+        }
+        handler(ctx, &bytes[..argc], raw_args)
+    }));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(Failure::Arity)) => reply_wrong_arity(ctx),
+        Ok(Err(Failure::Message(msg))) => reply_error(ctx, msg),
+        Err(_) => {
+            log_warning(
+                ctx,
+                "reservation: a command panicked; replied with an error",
+            );
+            reply_error(ctx, errors::INTERNAL_PANIC);
+        }
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+/// What the key holds, or WRONGTYPE for any other kind of value.
+fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
+    Ok(match key.kind() {
+        KeyKind::Empty => Current::Free,
+        // SAFETY: the value lives as long as the key stays open and is
+        // not replaced; callers drop this view before changing the key.
+        KeyKind::Reservation(r) => Current::Held(unsafe { r.as_ref() }),
+        KeyKind::LegacyString => Current::Legacy(key.string_value()),
+        KeyKind::Other => return Err(errors::WRONGTYPE.into()),
+    })
+}
+
+fn module_state() -> Result<std::sync::MutexGuard<'static, ModuleState>, Failure> {
+    state().ok_or(Failure::Message(errors::STATE_BUSY))
+}
+
+/// Whether anyone waits on `name` in the selected db (cheap when nobody
+/// waits anywhere).
+fn waiters_on(ctx: Ctx, st: &ModuleState, name: &[u8]) -> Option<QueueKey> {
+    if WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let qk = queue_key(ctx, name);
+    (st.waiters.len(&qk) > 0).then_some(qk)
+}
+
+/// How an acquire answers when the key is held by someone else.
+enum OnHeld {
+    Answer0,
+    Block { timeout_ms: Option<u64> },
+}
+
+/// `RESERVE.LOCK key holder ttl`: token, the same token on re-acquire, or
+/// 0 when held. O(1).
+pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let a = args::parse_lock(argv, config::limits())?;
+    acquire(ctx, raw_args[1], a.key, a.holder, a.ttl_ms, OnHeld::Answer0)
+}
+
+/// `RESERVE.WAIT key holder ttl timeout`: like LOCK when it can acquire
+/// now; otherwise blocks in the key's FIFO queue. Inside MULTI, scripts and
+/// functions it behaves exactly like LOCK.
+pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let a = args::parse_wait(argv, config::limits())?;
+    let may_block = context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING == 0;
+    let on_held = if may_block {
+        OnHeld::Block {
+            timeout_ms: a.timeout_ms,
+        }
+    } else {
+        OnHeld::Answer0
+    };
+    acquire(ctx, raw_args[1], a.key, a.holder, a.ttl_ms, on_held)
+}
+
+fn acquire(
+    ctx: Ctx,
+    name: RString,
+    key_name: &[u8],
+    holder: &[u8],
+    ttl_ms: u64,
+    on_held: OnHeld,
+) -> Result<(), Failure> {
+    let key = OpenKey::write(ctx, name);
+    let now = now_ms();
+    let cur = current(&key)?;
+    let mut st = module_state()?;
+    let queued = waiters_on(ctx, &st, key_name);
+    match decide_lock(cur, holder, queued.is_some()) {
+        LockDecision::Grant => {
+            let token = grant(ctx, &key, key_name, holder, ttl_ms, now);
+            reply_integer(ctx, token as i64);
+            return Ok(());
+        }
+        LockDecision::Reacquire { token } => {
+            let Current::Held(r) = cur else {
+                return Err(errors::INTERNAL_PANIC.into());
+            };
+            let expire_at = now.saturating_add(ttl_ms as i64);
+            replicate_state(ctx, key_name, r, expire_at);
+            key.set_abs_expire(expire_at);
+            bump(&STATS.reacquires);
+            if let Some(qk) = &queued {
+                blocking::sync_expiry_timer(ctx, &mut st, qk, Some(expire_at), now);
+            }
+            reply_integer(ctx, token as i64);
+            return Ok(());
+        }
+        LockDecision::HandOffFirst => {
+            if let Some(qk) = &queued {
+                hand_off(ctx, &mut st, &key, qk, now);
+            }
+        }
+        LockDecision::Held => {}
+    }
+    match on_held {
+        OnHeld::Answer0 => {
+            bump(&STATS.contended);
+            reply_integer(ctx, 0);
+            Ok(())
+        }
+        OnHeld::Block { timeout_ms } => {
+            let qk = queued.unwrap_or_else(|| queue_key(ctx, key_name));
+            block_waiter(
+                ctx,
+                &mut st,
+                qk,
+                holder,
+                ttl_ms,
+                timeout_ms,
+                key.abs_expire(),
+                now,
+            )
+            .map_err(Failure::from)
+        }
+    }
+}
+
+/// `RESERVE.RENEW key holder ttl [TOKEN t]`: 1 when `holder` holds it (and
+/// its token is `t`): expiry := now + ttl, renewals += 1; else 0. O(1).
+pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let a = args::parse_renew(argv, config::limits())?;
+    let key = OpenKey::write(ctx, raw_args[1]);
+    let now = now_ms();
+    let expire_at = now.saturating_add(a.ttl_ms as i64);
+    let decision = decide_owner(current(&key)?, a.holder, a.token);
+    match decision {
+        OwnerDecision::Owner => {
+            let KeyKind::Reservation(mut r) = key.kind() else {
+                return Err(errors::INTERNAL_PANIC.into());
+            };
+            // SAFETY: the value is ours, alive while the key is open, and
+            // no other reference to it is live here.
+            let r = unsafe { r.as_mut() };
+            r.renewals = r.renewals.saturating_add(1);
+            replicate_state(ctx, a.key, r, expire_at);
+        }
+        OwnerDecision::LegacyOwner => {
+            let at = expire_at.to_string();
+            ffi::replicate(ctx, c"PEXPIREAT", &[a.key, at.as_bytes()]);
+        }
+        OwnerDecision::NotOwner => {
+            bump(&STATS.renew_failures);
+            reply_integer(ctx, 0);
+            return Ok(());
+        }
+    }
+    key.set_abs_expire(expire_at);
+    bump(&STATS.renewals);
+    let mut st = module_state()?;
+    if let Some(qk) = waiters_on(ctx, &st, a.key) {
+        blocking::sync_expiry_timer(ctx, &mut st, &qk, Some(expire_at), now);
+    }
+    reply_integer(ctx, 1);
+    Ok(())
+}
+
+/// `RESERVE.RELEASE key holder [TOKEN t]`: 1 when `holder` holds it (and
+/// its token is `t`): released and handed to the oldest waiter in the same
+/// step; else 0 and nothing changes. O(1) whatever the queue length.
+pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let a = args::parse_release(argv, config::limits())?;
+    let key = OpenKey::write(ctx, raw_args[1]);
+    if decide_owner(current(&key)?, a.holder, a.token) == OwnerDecision::NotOwner {
+        bump(&STATS.release_failures);
+        reply_integer(ctx, 0);
+        return Ok(());
+    }
+    key.delete();
+    bump(&STATS.releases);
+    let mut st = module_state()?;
+    let handed = match waiters_on(ctx, &st, a.key) {
+        Some(qk) => hand_off(ctx, &mut st, &key, &qk, now_ms()),
+        None => None,
+    };
+    if handed.is_none() {
+        ffi::replicate(ctx, c"DEL", &[a.key]);
+    }
+    reply_integer(ctx, 1);
+    Ok(())
+}
+
+/// `RESERVE.INFO key`: nil, or holder, token, ttl_ms, acquired_at_ms,
+/// renewals, waiters and queue (a map in RESP3, flat pairs in RESP2).
+/// O(1) plus the length of the queue.
+pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let [_, name] = argv else {
+        return Err(Failure::Arity);
+    };
+    let key = OpenKey::read(ctx, raw_args[1]);
+    let now = now_ms();
+    let (holder, token, acquired_at, renewals): (&[u8], u64, i64, u64) = match current(&key)? {
+        Current::Free => {
+            reply_null(ctx);
+            return Ok(());
+        }
+        Current::Held(r) => (&r.holder, r.token, r.acquired_at_ms, r.renewals),
+        // An old library's reservation has no token or history.
+        Current::Legacy(value) => (value, 0, 0, 0),
+    };
+    let ttl_ms = key.abs_expire().map_or(-1, |e| (e - now).max(0));
+    let st = module_state()?;
+    let qk = queue_key(ctx, name);
+    reply_map(ctx, 7);
+    reply_bulk(ctx, b"holder");
+    reply_bulk(ctx, holder);
+    reply_bulk(ctx, b"token");
+    reply_integer(ctx, token as i64);
+    reply_bulk(ctx, b"ttl_ms");
+    reply_integer(ctx, ttl_ms);
+    reply_bulk(ctx, b"acquired_at_ms");
+    reply_integer(ctx, acquired_at);
+    reply_bulk(ctx, b"renewals");
+    reply_integer(ctx, renewals as i64);
+    reply_bulk(ctx, b"waiters");
+    reply_integer(ctx, st.waiters.len(&qk) as i64);
+    reply_bulk(ctx, b"queue");
+    ffi::reply_array(ctx, st.waiters.len(&qk));
+    for (_, w) in st.waiters.iter(&qk) {
+        reply_bulk(ctx, &w.holder);
+    }
+    Ok(())
+}
+
+/// `RESERVE.SETSTATE key holder token acquired_at_ms renewals
+/// expire_at_ms`: the internal command the master propagates and the AOF
+/// rewrite emits. Refused from ordinary clients: it would forge a lock.
+pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let trusted = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
+    if context_flags(ctx) & trusted == 0 {
+        return Err(errors::INTERNAL_ONLY.into());
+    }
+    let a = args::parse_set_state(argv)?;
+    let key = OpenKey::write(ctx, raw_args[1]);
+    let fresh = Reservation {
+        holder: a.holder.into(),
+        token: a.token,
+        acquired_at_ms: a.acquired_at_ms,
+        renewals: a.renewals,
+    };
+    match key.kind() {
+        // SAFETY: our value, alive while the key is open; replaced whole.
+        KeyKind::Reservation(mut r) => *unsafe { r.as_mut() } = fresh,
+        KeyKind::Empty => {
+            key.set_reservation(fresh);
+        }
+        KeyKind::LegacyString | KeyKind::Other => {
+            key.delete();
+            key.set_reservation(fresh);
+        }
+    }
+    if let Some(at) = a.expire_at_ms {
+        key.set_abs_expire(at);
+    }
+    observe_token(a.token);
+    // A replica passes it on to its own AOF; the arguments are absolute.
+    // SAFETY: ctx is the command context.
+    unsafe { rm!(RedisModule_ReplicateVerbatim)(ctx) };
+    ffi::reply_ok(ctx);
+    Ok(())
+}
+
+// ----- the extern "C" entry points Redis calls -----
+
+macro_rules! entry_point {
+    ($name:ident, $handler:path) => {
+        pub extern "C" fn $name(ctx: Ctx, argv: *mut RString, argc: c_int) -> c_int {
+            run(ctx, argv, argc, $handler)
+        }
+    };
+}
+
+entry_point!(lock_command, lock);
+entry_point!(renew_command, renew);
+entry_point!(release_command, release);
+entry_point!(wait_command, wait);
+entry_point!(info_command, info);
+entry_point!(set_state_command, set_state);

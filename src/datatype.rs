@@ -1,0 +1,220 @@
+//! The `rsrv-lock` data type: RDB save/load, AOF rewrite, digest, memory
+//! usage, copy, free, and the aux field that carries the token counter.
+//!
+//! RDB encoding version 1: holder (string), token (unsigned), acquired-at
+//! ms (signed), renewals (unsigned). The key's expiry is saved by Redis.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis_module::native_types::RedisType;
+use redis_module::raw;
+
+use crate::ffi::{rm, string_bytes, RString};
+use crate::reservation::Reservation;
+use crate::state::{last_token, observe_token, QueueKey};
+
+pub const TYPE_NAME: &str = "rsrv-lock";
+pub const ENCODING_VERSION: i32 = 1;
+
+/// Reservations currently stored (created minus freed).
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+pub fn count_created() {
+    LIVE.fetch_add(1, Ordering::Relaxed);
+}
+pub fn count_freed() {
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+}
+pub fn live_reservations() -> u64 {
+    LIVE.load(Ordering::Relaxed)
+}
+
+pub static RESERVATION_TYPE: RedisType = RedisType::new(
+    TYPE_NAME,
+    ENCODING_VERSION,
+    raw::RedisModuleTypeMethods {
+        // Version 4 is what Redis 7.0 knows: it reads no field past
+        // `copy2`, so the newer tail stays unset.
+        version: 4,
+        rdb_load: Some(rdb_load),
+        rdb_save: Some(rdb_save),
+        aof_rewrite: Some(aof_rewrite),
+        mem_usage: Some(mem_usage),
+        digest: Some(digest),
+        free: Some(free),
+        aux_load: Some(aux_load),
+        aux_save: Some(aux_save),
+        aux_save_triggers: raw::REDISMODULE_AUX_BEFORE_RDB as c_int,
+        free_effort: None,
+        unlink: None,
+        copy: Some(copy),
+        defrag: None,
+        mem_usage2: None,
+        free_effort2: None,
+        unlink2: Some(unlink2),
+        copy2: None,
+        aux_save2: None,
+    },
+);
+
+extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
+    if encver != ENCODING_VERSION {
+        return std::ptr::null_mut();
+    }
+    load_v1(rdb).map_or(std::ptr::null_mut(), |r| {
+        observe_token(r.token);
+        count_created();
+        Box::into_raw(Box::new(r)).cast()
+    })
+}
+
+fn load_v1(rdb: *mut raw::RedisModuleIO) -> Option<Reservation> {
+    let holder = raw::load_string_buffer(rdb).ok()?;
+    let token = raw::load_unsigned(rdb).ok()?;
+    let acquired_at_ms = raw::load_signed(rdb).ok()?;
+    let renewals = raw::load_unsigned(rdb).ok()?;
+    Some(Reservation {
+        holder: holder.as_ref().into(),
+        token,
+        acquired_at_ms,
+        renewals,
+    })
+}
+
+/// The reservation behind a value pointer Redis hands back to us.
+fn value<'a>(value: *mut c_void) -> &'a Reservation {
+    // SAFETY: Redis only calls our type callbacks with values we created
+    // with Box<Reservation>, alive until `free`.
+    unsafe { &*value.cast::<Reservation>() }
+}
+
+extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, v: *mut c_void) {
+    let r = value(v);
+    raw::save_slice(rdb, &r.holder);
+    raw::save_unsigned(rdb, r.token);
+    raw::save_signed(rdb, r.acquired_at_ms);
+    raw::save_unsigned(rdb, r.renewals);
+}
+
+/// Emits the internal command that rebuilds the reservation exactly; Redis
+/// appends the key's PEXPIREAT after it.
+extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: RString, v: *mut c_void) {
+    let r = value(v);
+    let token = r.token.to_string();
+    let acquired = r.acquired_at_ms.to_string();
+    let renewals = r.renewals.to_string();
+    // SAFETY: "sbbbbc": key string, four buffers with lengths, one C string.
+    unsafe {
+        rm!(RedisModule_EmitAOF)(
+            aof,
+            c"RESERVE.SETSTATE".as_ptr(),
+            c"sbbbbc".as_ptr(),
+            key,
+            r.holder.as_ptr(),
+            r.holder.len(),
+            token.as_ptr(),
+            token.len(),
+            acquired.as_ptr(),
+            acquired.len(),
+            renewals.as_ptr(),
+            renewals.len(),
+            c"0".as_ptr(),
+        )
+    };
+}
+
+/// Allocator overhead per heap block, roughly jemalloc's size classes.
+fn allocation(bytes: usize) -> usize {
+    bytes.next_multiple_of(16)
+}
+
+extern "C" fn mem_usage(v: *const c_void) -> usize {
+    let r = value(v.cast_mut());
+    allocation(std::mem::size_of::<Reservation>()) + allocation(r.holder.len())
+}
+
+extern "C" fn digest(md: *mut raw::RedisModuleDigest, v: *mut c_void) {
+    let r = value(v);
+    // SAFETY: md is the digest context Redis passed; buffers are copied.
+    unsafe {
+        rm!(RedisModule_DigestAddStringBuffer)(md, r.holder.as_ptr().cast(), r.holder.len());
+        rm!(RedisModule_DigestAddLongLong)(md, r.token as i64);
+        rm!(RedisModule_DigestAddLongLong)(md, r.acquired_at_ms);
+        rm!(RedisModule_DigestAddLongLong)(md, r.renewals as i64);
+        rm!(RedisModule_DigestEndSequence)(md);
+    }
+}
+
+/// May run on a background thread (lazy free): touch nothing but the value
+/// and the atomic counter.
+extern "C" fn free(v: *mut c_void) {
+    if v.is_null() {
+        return;
+    }
+    // SAFETY: created by Box::into_raw in this module; Redis frees once.
+    drop(unsafe { Box::from_raw(v.cast::<Reservation>()) });
+    count_freed();
+}
+
+extern "C" fn copy(_from: RString, _to: RString, v: *const c_void) -> *mut c_void {
+    let r = value(v.cast_mut()).clone();
+    count_created();
+    Box::into_raw(Box::new(r)).cast()
+}
+
+extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
+    if when == raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
+        raw::save_unsigned(rdb, last_token());
+    }
+}
+
+extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int) -> c_int {
+    if encver != ENCODING_VERSION || when != raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
+        return raw::REDISMODULE_ERR as c_int;
+    }
+    match raw::load_unsigned(rdb) {
+        Ok(token) => {
+            observe_token(token);
+            raw::REDISMODULE_OK as c_int
+        }
+        Err(_) => raw::REDISMODULE_ERR as c_int,
+    }
+}
+
+// ----- telling expiry apart from other deletions -----
+//
+// Redis calls `unlink2` just before it removes one of our keys from the
+// keyspace, and fires the `expired` / `evicted` notification right after.
+// Remembering the last unlinked key lets the notification count the
+// expirations of reservations (the key is already gone by then, so its
+// type cannot be asked).
+
+static LAST_UNLINKED: std::sync::Mutex<Option<QueueKey>> = std::sync::Mutex::new(None);
+
+extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
+    // SAFETY: the opt ctx is valid for this callback.
+    let (name, db) = unsafe {
+        (
+            rm!(RedisModule_GetKeyNameFromOptCtx)(ctx),
+            rm!(RedisModule_GetDbIdFromOptCtx)(ctx),
+        )
+    };
+    if let Ok(mut last) = LAST_UNLINKED.try_lock() {
+        *last = Some(QueueKey {
+            db,
+            key: string_bytes(name).into(),
+        });
+    }
+}
+
+/// Whether `key` is the reservation Redis unlinked last (and forget it).
+pub fn take_unlinked(key: &QueueKey) -> bool {
+    match LAST_UNLINKED.try_lock() {
+        Ok(mut last) if last.as_ref() == Some(key) => {
+            *last = None;
+            true
+        }
+        _ => false,
+    }
+}

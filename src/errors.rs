@@ -1,0 +1,31 @@
+//! Every error text a client can receive, in one place.
+//!
+//! Each starts with a Redis error code (`ERR`, `WRONGTYPE`) because clients
+//! such as redis-rs take the first word as the error kind.
+
+use crate::args::ArgError;
+
+pub const INVALID_TTL: &str = "ERR invalid ttl";
+pub const INVALID_TIMEOUT: &str = "ERR invalid timeout";
+pub const INVALID_HOLDER: &str = "ERR invalid holder";
+pub const INVALID_TOKEN: &str = "ERR invalid token";
+pub const SYNTAX: &str = "ERR syntax error";
+pub const WRONG_ARITY: &str = "ERR wrong number of arguments";
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const TOO_MANY_WAITERS: &str = "ERR too many waiters";
+pub const INTERNAL_ONLY: &str =
+    "ERR RESERVE.SETSTATE is internal: only replication and AOF loading may send it";
+pub const INTERNAL_PANIC: &str =
+    "ERR internal error in the reservation module (see the server log)";
+pub const STATE_BUSY: &str = "ERR reservation module state is busy (re-entrant call)";
+
+pub fn arg_error_message(err: ArgError) -> &'static str {
+    match err {
+        ArgError::Ttl => INVALID_TTL,
+        ArgError::Timeout => INVALID_TIMEOUT,
+        ArgError::Holder => INVALID_HOLDER,
+        ArgError::Token => INVALID_TOKEN,
+        ArgError::Syntax => SYNTAX,
+        ArgError::WrongArity => WRONG_ARITY,
+    }
+}

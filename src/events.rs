@@ -1,0 +1,117 @@
+//! Keyspace notifications and server events that can free a key with
+//! waiters: DEL/UNLINK, expiry, eviction, RENAME/MOVE away, a change of
+//! type, FLUSHDB/FLUSHALL, SWAPDB, loading, promotion to master.
+//!
+//! Redis 7.0 forbids writes inside a notification callback (and would
+//! propagate them before the DEL that caused them), so callbacks only note
+//! the key; a 0 ms timer does the handoff right after the current command.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use redis_module::raw;
+
+use crate::blocking::{schedule_check, schedule_check_all};
+use crate::datatype::take_unlinked;
+use crate::ffi::{rm, selected_db, string_bytes, Ctx, RString};
+use crate::state::{bump, state, QueueKey, STATS, WAITERS_QUEUED};
+
+/// Every class that can delete a key or change its type.
+pub const SUBSCRIBED: c_int = raw::REDISMODULE_NOTIFY_GENERIC
+    | raw::REDISMODULE_NOTIFY_STRING
+    | raw::REDISMODULE_NOTIFY_LIST
+    | raw::REDISMODULE_NOTIFY_SET
+    | raw::REDISMODULE_NOTIFY_HASH
+    | raw::REDISMODULE_NOTIFY_ZSET
+    | raw::REDISMODULE_NOTIFY_STREAM
+    | raw::REDISMODULE_NOTIFY_EXPIRED
+    | raw::REDISMODULE_NOTIFY_EVICTED;
+
+pub extern "C" fn on_keyspace_event(
+    ctx: Ctx,
+    event_type: c_int,
+    _event: *const c_char,
+    key: RString,
+) -> c_int {
+    let expired = event_type & raw::REDISMODULE_NOTIFY_EXPIRED != 0;
+    let interesting = expired || WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    if !interesting {
+        return raw::REDISMODULE_OK as c_int;
+    }
+    let qk = QueueKey {
+        db: selected_db(ctx),
+        key: string_bytes(key).into(),
+    };
+    if expired && take_unlinked(&qk) {
+        bump(&STATS.expirations);
+    }
+    // Any event on a key with waiters is worth a look: it may have been
+    // deleted, retyped, or given a new expiry for the timer to follow.
+    if let Some(mut st) = state() {
+        if st.waiters.len(&qk) > 0 {
+            schedule_check(ctx, &mut st, qk);
+        }
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+fn event(id: u64) -> raw::RedisModuleEvent {
+    raw::RedisModuleEvent { id, dataver: 1 }
+}
+
+extern "C" fn on_flush(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+    if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+        return;
+    }
+    // SAFETY: for FlushDB events the data is a RedisModuleFlushInfo.
+    let info = unsafe { &*data.cast::<raw::RedisModuleFlushInfo>() };
+    schedule_check_all(ctx, (info.dbnum >= 0).then_some(info.dbnum));
+}
+
+extern "C" fn on_swapdb(ctx: Ctx, _e: raw::RedisModuleEvent, _sub: u64, data: *mut c_void) {
+    // SAFETY: for SwapDB events the data is a RedisModuleSwapDbInfo.
+    let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfo>() };
+    schedule_check_all(ctx, Some(info.dbnum_first));
+    schedule_check_all(ctx, Some(info.dbnum_second));
+}
+
+extern "C" fn on_loading(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED {
+        schedule_check_all(ctx, None);
+    }
+}
+
+extern "C" fn on_role_change(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    if sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+        schedule_check_all(ctx, None);
+    }
+}
+
+type ServerEventCallback = unsafe extern "C" fn(Ctx, raw::RedisModuleEvent, u64, *mut c_void);
+
+pub fn subscribe(ctx: Ctx) -> Result<(), String> {
+    // SAFETY: ctx is the OnLoad context; the callback has the right type.
+    let status = unsafe {
+        rm!(RedisModule_SubscribeToKeyspaceEvents)(ctx, SUBSCRIBED, Some(on_keyspace_event))
+    };
+    if status != raw::REDISMODULE_OK as c_int {
+        return Err("could not subscribe to keyspace events".into());
+    }
+    let server_events: [(u64, ServerEventCallback); 4] = [
+        (raw::REDISMODULE_EVENT_FLUSHDB, on_flush),
+        (raw::REDISMODULE_EVENT_SWAPDB, on_swapdb),
+        (raw::REDISMODULE_EVENT_LOADING, on_loading),
+        (
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+            on_role_change,
+        ),
+    ];
+    for (id, callback) in server_events {
+        // SAFETY: as above; the event struct is copied by Redis.
+        let status =
+            unsafe { rm!(RedisModule_SubscribeToServerEvent)(ctx, event(id), Some(callback)) };
+        if status != raw::REDISMODULE_OK as c_int {
+            return Err(format!("could not subscribe to server event {id}"));
+        }
+    }
+    Ok(())
+}

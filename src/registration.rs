@@ -1,0 +1,338 @@
+//! Everything `RedisModule_OnLoad` sets up: configs, commands with their
+//! flags, arity, key specs and docs (`COMMAND INFO`/`DOCS`), keyspace and
+//! server events, the INFO section.
+//!
+//! Commands are registered through the raw API rather than the crate's
+//! macros: the `#[command]` macro and ACL categories do not load on Redis
+//! 7.0, and the raw entry points let every handler read argv without
+//! copying it.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr;
+
+use redis_module::raw;
+use redis_module::RedisString;
+
+use crate::commands;
+use crate::config;
+use crate::events;
+use crate::ffi::{rm, Ctx};
+use crate::info;
+
+type CommandFn = extern "C" fn(Ctx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
+
+/// One argument as `COMMAND DOCS` shows it.
+struct ArgDoc {
+    name: &'static CStr,
+    kind: raw::RedisModuleCommandArgType,
+    token: Option<&'static CStr>,
+    optional: bool,
+}
+
+const fn key_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
+        token: None,
+        optional: false,
+    }
+}
+const fn string_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
+        token: None,
+        optional: false,
+    }
+}
+const fn double_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_DOUBLE,
+        token: None,
+        optional: false,
+    }
+}
+const fn integer_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+        token: None,
+        optional: false,
+    }
+}
+const fn token_option() -> ArgDoc {
+    ArgDoc {
+        name: c"token",
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+        token: Some(c"TOKEN"),
+        optional: true,
+    }
+}
+
+struct CommandSpec {
+    name: &'static CStr,
+    handler: CommandFn,
+    flags: &'static CStr,
+    arity: c_int,
+    key_flags: u32,
+    summary: &'static CStr,
+    complexity: &'static CStr,
+    args: &'static [ArgDoc],
+}
+
+// Like SET's key spec: INSERT/UPDATE/DELETE are mutually exclusive.
+const RW_KEY: u32 =
+    raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
+
+static COMMANDS: &[CommandSpec] = &[
+    CommandSpec {
+        name: c"RESERVE.LOCK",
+        handler: commands::lock_command,
+        flags: c"write deny-oom fast",
+        arity: 4,
+        key_flags: RW_KEY,
+        summary: c"Acquires a reservation if it is free; re-acquiring by the same holder refreshes its TTL. Replies with the fencing token, or 0 when held by another holder.",
+        complexity: c"O(1)",
+        args: &[key_arg(c"key"), string_arg(c"holder"), double_arg(c"ttl")],
+    },
+    CommandSpec {
+        name: c"RESERVE.RENEW",
+        handler: commands::renew_command,
+        flags: c"write deny-oom fast",
+        arity: -4,
+        key_flags: RW_KEY,
+        summary: c"Extends a reservation to now + ttl, only for its holder (and token). Replies 1 when renewed, 0 when not held by the holder.",
+        complexity: c"O(1)",
+        args: &[key_arg(c"key"), string_arg(c"holder"), double_arg(c"ttl"), token_option()],
+    },
+    CommandSpec {
+        name: c"RESERVE.RELEASE",
+        handler: commands::release_command,
+        flags: c"write deny-oom fast",
+        arity: -3,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW
+            | raw::REDISMODULE_CMD_KEY_ACCESS
+            | raw::REDISMODULE_CMD_KEY_DELETE,
+        summary: c"Releases a reservation held by the holder (and token) and hands it to the oldest waiter. Replies 1 when released, 0 when not held by the holder.",
+        complexity: c"O(1)",
+        args: &[key_arg(c"key"), string_arg(c"holder"), token_option()],
+    },
+    CommandSpec {
+        name: c"RESERVE.WAIT",
+        handler: commands::wait_command,
+        flags: c"write deny-oom blocking",
+        arity: 5,
+        key_flags: RW_KEY,
+        summary: c"Acquires a reservation, blocking in FIFO order until it is granted or the timeout (seconds, 0 = forever) passes. Replies with the fencing token, or 0 on timeout.",
+        complexity: c"O(1)",
+        args: &[
+            key_arg(c"key"),
+            string_arg(c"holder"),
+            double_arg(c"ttl"),
+            double_arg(c"timeout"),
+        ],
+    },
+    CommandSpec {
+        name: c"RESERVE.INFO",
+        handler: commands::info_command,
+        flags: c"readonly fast",
+        arity: 2,
+        key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+        summary: c"Shows a reservation: holder, token, ttl_ms, acquired_at_ms, renewals, waiters and queue; nil when there is none.",
+        complexity: c"O(1) + O(N) where N is the number of waiters",
+        args: &[key_arg(c"key")],
+    },
+    CommandSpec {
+        name: c"RESERVE.SETSTATE",
+        handler: commands::set_state_command,
+        flags: c"write",
+        arity: 7,
+        key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        summary: c"Internal: restores a reservation exactly (replication and AOF only; refused from clients).",
+        complexity: c"O(1)",
+        args: &[
+            key_arg(c"key"),
+            string_arg(c"holder"),
+            integer_arg(c"token"),
+            integer_arg(c"acquired-at-ms"),
+            integer_arg(c"renewals"),
+            integer_arg(c"expire-at-ms"),
+        ],
+    },
+];
+
+/// Every raw API function the module calls, checked once at load so a
+/// server that lacks one refuses the module instead of crashing later.
+fn check_api() -> Result<(), String> {
+    macro_rules! require {
+        ($($name:ident),* $(,)?) => {{
+            // SAFETY: reading the API table filled by RedisModule_Init.
+            $( if unsafe { raw::$name }.is_none() {
+                return Err(format!("this server lacks {}", stringify!($name)));
+            } )*
+        }};
+    }
+    require!(
+        RedisModule_BlockClient,
+        RedisModule_CloseKey,
+        RedisModule_CreateCommand,
+        RedisModule_CreateString,
+        RedisModule_CreateTimer,
+        RedisModule_DeleteKey,
+        RedisModule_DigestAddLongLong,
+        RedisModule_DigestAddStringBuffer,
+        RedisModule_DigestEndSequence,
+        RedisModule_EmitAOF,
+        RedisModule_FreeString,
+        RedisModule_GetAbsExpire,
+        RedisModule_GetBlockedClientHandle,
+        RedisModule_GetBlockedClientPrivateData,
+        RedisModule_GetCommand,
+        RedisModule_GetContextFlags,
+        RedisModule_GetDbIdFromOptCtx,
+        RedisModule_GetKeyNameFromOptCtx,
+        RedisModule_GetSelectedDb,
+        RedisModule_InfoAddFieldULongLong,
+        RedisModule_InfoAddSection,
+        RedisModule_KeyType,
+        RedisModule_LoadConfigs,
+        RedisModule_Log,
+        RedisModule_Milliseconds,
+        RedisModule_ModuleTypeGetType,
+        RedisModule_ModuleTypeGetValue,
+        RedisModule_ModuleTypeSetValue,
+        RedisModule_OpenKey,
+        RedisModule_RegisterInfoFunc,
+        RedisModule_RegisterNumericConfig,
+        RedisModule_Replicate,
+        RedisModule_ReplicateVerbatim,
+        RedisModule_ReplyWithArray,
+        RedisModule_ReplyWithError,
+        RedisModule_ReplyWithLongLong,
+        RedisModule_ReplyWithMap,
+        RedisModule_ReplyWithNull,
+        RedisModule_ReplyWithSimpleString,
+        RedisModule_ReplyWithStringBuffer,
+        RedisModule_SelectDb,
+        RedisModule_SetAbsExpire,
+        RedisModule_SetCommandInfo,
+        RedisModule_SetDisconnectCallback,
+        RedisModule_StopTimer,
+        RedisModule_StringDMA,
+        RedisModule_StringPtrLen,
+        RedisModule_SubscribeToKeyspaceEvents,
+        RedisModule_SubscribeToServerEvent,
+        RedisModule_UnblockClient,
+        RedisModule_WrongArity,
+    );
+    Ok(())
+}
+
+fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
+    let name = spec.name.to_string_lossy();
+    // SAFETY: ctx is the OnLoad context; strings are 'static C strings.
+    let status = unsafe {
+        rm!(RedisModule_CreateCommand)(
+            ctx,
+            spec.name.as_ptr(),
+            Some(spec.handler),
+            spec.flags.as_ptr(),
+            1,
+            1,
+            1,
+        )
+    };
+    if status != raw::REDISMODULE_OK as c_int {
+        return Err(format!("could not create command {name}"));
+    }
+    // SAFETY: the command was just created under this name.
+    let command = unsafe { rm!(RedisModule_GetCommand)(ctx, spec.name.as_ptr()) };
+    if command.is_null() {
+        return Err(format!("could not look up command {name}"));
+    }
+
+    // Zeroed structs end each array, as the API requires.
+    // SAFETY: all-zero is a valid "end of list" value for these C structs.
+    let mut key_specs: [raw::RedisModuleCommandKeySpec; 2] = unsafe { std::mem::zeroed() };
+    key_specs[0].flags = u64::from(spec.key_flags);
+    key_specs[0].begin_search_type =
+        raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    key_specs[0].bs.index.pos = 1;
+    key_specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+    key_specs[0].fk.range.lastkey = 0;
+    key_specs[0].fk.range.keystep = 1;
+    key_specs[0].fk.range.limit = 0;
+
+    let mut args: Vec<raw::RedisModuleCommandArg> = spec
+        .args
+        .iter()
+        .map(|a| {
+            // SAFETY: zero is valid for every field (null pointers, 0 flags).
+            let mut arg: raw::RedisModuleCommandArg = unsafe { std::mem::zeroed() };
+            arg.name = a.name.as_ptr();
+            arg.type_ = a.kind;
+            arg.key_spec_index =
+                if a.kind == raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY {
+                    0
+                } else {
+                    -1
+                };
+            arg.token = a.token.map_or(ptr::null(), CStr::as_ptr);
+            arg.flags = if a.optional {
+                raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
+            } else {
+                0
+            };
+            arg
+        })
+        .collect();
+    // SAFETY: the terminating all-zero entry.
+    args.push(unsafe { std::mem::zeroed() });
+
+    // Redis strides through these arrays by the sizes given here, so the
+    // newer header's larger structs are read correctly by 7.0.
+    let version = raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    };
+    let mut info = raw::RedisModuleCommandInfo {
+        version: &version,
+        summary: spec.summary.as_ptr(),
+        complexity: spec.complexity.as_ptr(),
+        since: c"1.0.0".as_ptr(),
+        history: ptr::null_mut(),
+        tips: ptr::null::<c_char>(),
+        arity: spec.arity,
+        key_specs: key_specs.as_mut_ptr(),
+        args: args.as_mut_ptr(),
+    };
+    // SAFETY: every pointer in `info` is valid for this call; Redis copies
+    // what it keeps.
+    let status = unsafe { rm!(RedisModule_SetCommandInfo)(command, &mut info) };
+    if status != raw::REDISMODULE_OK as c_int {
+        return Err(format!("could not set the command info of {name}"));
+    }
+    Ok(())
+}
+
+/// Called from `RedisModule_OnLoad` after the data type is created.
+pub fn load(ctx: Ctx, module_args: &[RedisString]) -> Result<(), String> {
+    check_api()?;
+    let arg_bytes: Vec<&[u8]> = module_args.iter().map(RedisString::as_slice).collect();
+    let overrides = config::parse_module_args(&arg_bytes)?;
+    config::register(ctx, &overrides)?;
+    for spec in COMMANDS {
+        register_command(ctx, spec)?;
+    }
+    events::subscribe(ctx)?;
+    // Replaces the crate's default (empty) info handler.
+    // SAFETY: ctx is the OnLoad context.
+    let status = unsafe { rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback)) };
+    if status != raw::REDISMODULE_OK as c_int {
+        return Err("could not register the INFO section".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The module's process-wide state: the token counter, statistics, and the
+//! wait queues with their blocked-client and timer bookkeeping.
+//!
+//! Redis runs every command, timer, notification and blocked-client
+//! callback on its main thread, so the state mutex is never contended; it
+//! exists to make that assumption checked rather than `unsafe`. It is never
+//! held across a Redis call that can call back into the module (opening a
+//! key can expire it and fire a keyspace notification), and `try_lock`
+//! turns an accidental re-entry into an error reply instead of a deadlock.
+//! The counters are atomics because the free callback may run on a
+//! background thread (`FLUSHALL ASYNC`) and `aux_save` in a fork child.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, TryLockError};
+
+use redis_module::raw;
+
+use crate::reservation::TokenIssuer;
+use crate::waitqueue::{WaitQueues, WaiterId};
+
+// ----- fencing tokens -----
+
+static LAST_TOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// A new fencing token at wall-clock time `now_ms` (main thread only).
+pub fn issue_token(now_ms: i64) -> u64 {
+    let mut issuer = TokenIssuer::default();
+    issuer.observe(LAST_TOKEN.load(Ordering::Relaxed));
+    let token = issuer.issue(now_ms);
+    LAST_TOKEN.store(issuer.last(), Ordering::Relaxed);
+    token
+}
+
+/// Raise the counter to a token seen in an RDB, AOF, replication stream or
+/// `RESTORE` payload.
+pub fn observe_token(token: u64) {
+    LAST_TOKEN.fetch_max(token, Ordering::Relaxed);
+}
+
+pub fn last_token() -> u64 {
+    LAST_TOKEN.load(Ordering::Relaxed)
+}
+
+// ----- statistics (INFO reservation) -----
+
+#[derive(Default)]
+pub struct Stats {
+    pub grants: AtomicU64,
+    pub reacquires: AtomicU64,
+    pub contended: AtomicU64,
+    pub renewals: AtomicU64,
+    pub renew_failures: AtomicU64,
+    pub releases: AtomicU64,
+    pub release_failures: AtomicU64,
+    pub handoffs: AtomicU64,
+    pub expirations: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub waits_blocked: AtomicU64,
+    pub wrongtype_waiters: AtomicU64,
+}
+
+pub static STATS: LazyLock<Stats> = LazyLock::new(Stats::default);
+
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Waiters queued, readable without the lock (keyspace notifications check
+/// it first so a server with no waiters pays nothing for them).
+pub static WAITERS_QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+// ----- wait queues -----
+
+/// A queue is per key per database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    pub db: i32,
+    pub key: Box<[u8]>,
+}
+
+/// A blocked client handle. Only touched on the main thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockedClient(pub *mut raw::RedisModuleBlockedClient);
+
+// SAFETY: handles are created, used and released on Redis's main thread
+// only; the mutex around them is never contended.
+unsafe impl Send for BlockedClient {}
+
+/// One client blocked in RESERVE.WAIT.
+#[derive(Debug)]
+pub struct Waiter {
+    pub holder: Box<[u8]>,
+    pub ttl_ms: u64,
+    pub client: BlockedClient,
+    /// The module timer that times this waiter out, if it has a timeout.
+    pub timeout_timer: Option<u64>,
+}
+
+/// Per-queue glue data: the timer armed at the key's expiry, so a waiter
+/// is granted at the exact instant the holder's TTL runs out.
+#[derive(Debug, Default)]
+pub struct QueueMeta {
+    pub expiry_timer: Option<(u64, i64)>,
+}
+
+/// A grant whose client vanished before its reply went out: the
+/// reservation is released so it does not sit idle until its TTL.
+#[derive(Debug)]
+pub struct Orphan {
+    pub key: QueueKey,
+    pub holder: Box<[u8]>,
+    pub token: u64,
+}
+
+#[derive(Default)]
+pub struct ModuleState {
+    pub waiters: WaitQueues<QueueKey, Waiter, QueueMeta>,
+    pub by_client: HashMap<BlockedClient, WaiterId>,
+    /// Keys to re-examine once the current command or event is over.
+    pub pending: HashSet<QueueKey>,
+    pub orphans: Vec<Orphan>,
+    pub pending_timer_armed: bool,
+}
+
+impl ModuleState {
+    pub fn publish_waiter_count(&self) {
+        WAITERS_QUEUED.store(self.waiters.total(), Ordering::Relaxed);
+    }
+}
+
+static STATE: LazyLock<Mutex<ModuleState>> = LazyLock::new(|| Mutex::new(ModuleState::default()));
+
+/// The state, or None on re-entry (a bug: the caller answers an error).
+pub fn state() -> Option<MutexGuard<'static, ModuleState>> {
+    match STATE.try_lock() {
+        Ok(guard) => Some(guard),
+        // A panic was caught while the lock was held; the data is plain
+        // bookkeeping that each operation leaves consistent, so go on.
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
