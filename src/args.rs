@@ -446,7 +446,7 @@ mod tests {
             }
             let _ = parse_release(&argv, LIMITS);
             if let Ok(a) = parse_wait(&argv, LIMITS) {
-                prop_assert!(a.timeout_ms.map_or(true, |t| t > 0 && t <= MAX_TIMEOUT_MS));
+                prop_assert!(a.timeout_ms.is_none_or(|t| t > 0 && t <= MAX_TIMEOUT_MS));
             }
             let _ = parse_set_state(&argv);
         }

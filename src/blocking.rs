@@ -17,6 +17,7 @@ use crate::ffi::{
     self, create_timer, is_master, now_ms, reply_error, reply_integer, rm, select_db, stop_timer,
     Ctx, KeyKind, OpenKey, OwnedString, RString,
 };
+use crate::notify::{notify_bytes, Event};
 use crate::reservation::Reservation;
 use crate::state::{
     bump, issue_token, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter,
@@ -41,22 +42,23 @@ enum WaitReply {
 /// Propagates one reservation's full state: holder, exact token, absolute
 /// expiry. Replicas and AOF replay end with exactly what the master has.
 pub fn replicate_state(ctx: Ctx, key: &[u8], r: &Reservation, expire_at_ms: i64) {
-    let token = r.token.to_string();
-    let acquired = r.acquired_at_ms.to_string();
-    let renewals = r.renewals.to_string();
-    let expire = expire_at_ms.to_string();
-    ffi::replicate(
-        ctx,
-        c"RESERVE.SETSTATE",
-        &[
-            key,
-            &r.holder,
-            token.as_bytes(),
-            acquired.as_bytes(),
-            renewals.as_bytes(),
-            expire.as_bytes(),
-        ],
-    );
+    // SAFETY: "bbllll" = two (pointer, length) buffers and four long
+    // longs; Redis copies them into the propagated command.
+    unsafe {
+        rm!(RedisModule_Replicate)(
+            ctx,
+            c"RESERVE.SETSTATE".as_ptr(),
+            c"bbllll".as_ptr(),
+            key.as_ptr(),
+            key.len(),
+            r.holder.as_ptr(),
+            r.holder.len(),
+            r.token as i64,
+            r.acquired_at_ms,
+            r.renewals as i64,
+            expire_at_ms,
+        )
+    };
 }
 
 /// Creates a reservation for `holder` on an empty key with a new token.
@@ -86,6 +88,7 @@ pub fn hand_off(
     let waiter = removed.value;
     let token = grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, now);
     bump(&STATS.handoffs);
+    notify_bytes(ctx, Event::Grant, &qk.key);
     forget_waiter(ctx, st, &waiter);
     match removed.emptied {
         Some(meta) => cancel_expiry_timer(ctx, meta),
@@ -430,6 +433,7 @@ fn release_orphan(ctx: Ctx, orphan: Orphan) {
     }
     key.delete();
     bump(&STATS.releases);
+    notify_bytes(ctx, Event::Release, &orphan.key.key);
     let now = now_ms();
     let handed = state().and_then(|mut st| hand_off(ctx, &mut st, &key, &orphan.key, now));
     if handed.is_none() {

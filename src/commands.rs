@@ -19,6 +19,7 @@ use crate::ffi::{
     self, context_flags, log_warning, now_ms, reply_bulk, reply_error, reply_integer, reply_map,
     reply_null, reply_wrong_arity, rm, Ctx, KeyKind, OpenKey, RString,
 };
+use crate::notify::{notify, Event};
 use crate::reservation::{
     decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation,
 };
@@ -152,6 +153,7 @@ fn acquire(
     match decide_lock(cur, holder, queued.is_some()) {
         LockDecision::Grant => {
             let token = grant(ctx, &key, key_name, holder, ttl_ms, now);
+            notify(ctx, Event::Lock, name);
             reply_integer(ctx, token as i64);
             return Ok(());
         }
@@ -163,6 +165,7 @@ fn acquire(
             replicate_state(ctx, key_name, r, expire_at);
             key.set_abs_expire(expire_at);
             bump(&STATS.reacquires);
+            notify(ctx, Event::Lock, name);
             if let Some(qk) = &queued {
                 blocking::sync_expiry_timer(ctx, &mut st, qk, Some(expire_at), now);
             }
@@ -230,6 +233,7 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
     }
     key.set_abs_expire(expire_at);
     bump(&STATS.renewals);
+    notify(ctx, Event::Renew, raw_args[1]);
     let mut st = module_state()?;
     if let Some(qk) = waiters_on(ctx, &st, a.key) {
         blocking::sync_expiry_timer(ctx, &mut st, &qk, Some(expire_at), now);
@@ -251,6 +255,7 @@ pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Fai
     }
     key.delete();
     bump(&STATS.releases);
+    notify(ctx, Event::Release, raw_args[1]);
     let mut st = module_state()?;
     let handed = match waiters_on(ctx, &st, a.key) {
         Some(qk) => hand_off(ctx, &mut st, &key, &qk, now_ms()),

@@ -13,6 +13,7 @@ use redis_module::raw;
 use crate::blocking::{schedule_check, schedule_check_all};
 use crate::datatype::take_unlinked;
 use crate::ffi::{rm, selected_db, string_bytes, Ctx, RString};
+use crate::notify::{notify, Event};
 use crate::state::{bump, state, QueueKey, STATS, WAITERS_QUEUED};
 
 /// Every class that can delete a key or change its type.
@@ -43,6 +44,7 @@ pub extern "C" fn on_keyspace_event(
     };
     if expired && take_unlinked(&qk) {
         bump(&STATS.expirations);
+        notify(ctx, Event::Expire, key);
     }
     // Any event on a key with waiters is worth a look: it may have been
     // deleted, retyped, or given a new expiry for the timer to follow.

@@ -16,6 +16,7 @@ pub mod errors;
 mod events;
 mod ffi;
 mod info;
+mod notify;
 mod registration;
 pub mod reservation;
 mod state;

@@ -192,6 +192,8 @@ fn check_api() -> Result<(), String> {
         RedisModule_GetContextFlags,
         RedisModule_GetDbIdFromOptCtx,
         RedisModule_GetKeyNameFromOptCtx,
+        RedisModule_GetNotifyKeyspaceEvents,
+        RedisModule_NotifyKeyspaceEvent,
         RedisModule_GetSelectedDb,
         RedisModule_InfoAddFieldULongLong,
         RedisModule_InfoAddSection,
