@@ -12,6 +12,7 @@ use std::ptr;
 
 use redis_module::raw;
 
+use crate::cluster::{self, Route};
 use crate::errors;
 use crate::ffi::{
     self, create_timer, is_master, now_ms, reply_error, reply_integer, rm, select_db, stop_timer,
@@ -35,6 +36,8 @@ enum WaitReply {
     },
     TimedOut,
     WrongType,
+    /// The key moved to another cluster node: `MOVED ...` / `ASK ...`.
+    Redirect(String),
 }
 
 // ----- replication of grants -----
@@ -217,6 +220,7 @@ extern "C" fn wait_reply(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
             reply_integer(ctx, *token as i64);
         }
         Some(WaitReply::WrongType) => reply_error(ctx, errors::WRONGTYPE),
+        Some(WaitReply::Redirect(to)) => reply_error(ctx, to),
         Some(WaitReply::TimedOut) | None => reply_integer(ctx, 0),
     }
     raw::REDISMODULE_OK as c_int
@@ -390,29 +394,60 @@ pub fn check_key(ctx: Ctx, qk: &QueueKey) {
     let name = OwnedString::new(ctx, &qk.key);
     let key = OpenKey::write(ctx, name.as_ptr());
     let now = now_ms();
+    let kind = key.kind();
+    // Ask the cluster before taking the lock (it is a Redis call).
+    let route = match kind {
+        KeyKind::Empty => cluster::route(ctx, &qk.key),
+        _ => Route::Mine,
+    };
     let Some(mut st) = state() else { return };
     if st.waiters.len(qk) == 0 {
         return;
     }
-    match key.kind() {
-        KeyKind::Empty => {
-            hand_off(ctx, &mut st, &key, qk, now);
-        }
+    match kind {
+        KeyKind::Empty => match route {
+            Route::Mine => {
+                hand_off(ctx, &mut st, &key, qk, now);
+            }
+            Route::Ask { slot, addr } => {
+                redirect_all(ctx, &mut st, qk, &format!("ASK {slot} {addr}"))
+            }
+            Route::Moved { slot, addr } => {
+                redirect_all(ctx, &mut st, qk, &format!("MOVED {slot} {addr}"))
+            }
+            // Cluster being reconfigured: keep waiting for the next event.
+            Route::Unknown => {}
+        },
         KeyKind::Reservation(_) | KeyKind::LegacyString => {
             sync_expiry_timer(ctx, &mut st, qk, key.abs_expire(), now);
         }
         KeyKind::Other => {
-            for removed in st.waiters.drain(qk) {
-                forget_waiter(ctx, &mut st, &removed.value);
-                if let Some(meta) = removed.emptied {
-                    cancel_expiry_timer(ctx, meta);
-                }
-                bump(&STATS.wrongtype_waiters);
-                unblock(removed.value.client, WaitReply::WrongType);
-            }
-            st.publish_waiter_count();
+            let n = fail_all(ctx, &mut st, qk, || WaitReply::WrongType);
+            STATS
+                .wrongtype_waiters
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Unblocks every waiter of `qk` with the reply `make` builds; returns how
+/// many there were.
+fn fail_all(ctx: Ctx, st: &mut ModuleState, qk: &QueueKey, make: impl Fn() -> WaitReply) -> u64 {
+    let removed_all = st.waiters.drain(qk);
+    let count = removed_all.len() as u64;
+    for removed in removed_all {
+        forget_waiter(ctx, st, &removed.value);
+        if let Some(meta) = removed.emptied {
+            cancel_expiry_timer(ctx, meta);
+        }
+        unblock(removed.value.client, make());
+    }
+    st.publish_waiter_count();
+    count
+}
+
+fn redirect_all(ctx: Ctx, st: &mut ModuleState, qk: &QueueKey, to: &str) {
+    fail_all(ctx, st, qk, || WaitReply::Redirect(to.to_string()));
 }
 
 /// Releases a grant whose waiter never saw it, if it is still that grant.

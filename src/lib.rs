@@ -9,6 +9,7 @@
 
 pub mod args;
 mod blocking;
+mod cluster;
 mod commands;
 mod config;
 mod datatype;
