@@ -19,7 +19,7 @@ use crate::ffi::{
     Ctx, KeyKind, OpenKey, OwnedString, RString,
 };
 use crate::notify::{notify_bytes, Event};
-use crate::reservation::Reservation;
+use crate::reservation::{Reservation, ReservationRef};
 use crate::state::{
     bump, issue_token, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter,
     STATS,
@@ -44,7 +44,7 @@ enum WaitReply {
 
 /// Propagates one reservation's full state: holder, exact token, absolute
 /// expiry. Replicas and AOF replay end with exactly what the master has.
-pub fn replicate_state(ctx: Ctx, key: &[u8], r: &Reservation, expire_at_ms: i64) {
+pub fn replicate_state(ctx: Ctx, key: &[u8], r: ReservationRef<'_>, expire_at_ms: i64) {
     // SAFETY: "bbllll" = two (pointer, length) buffers and four long
     // longs; Redis copies them into the propagated command.
     unsafe {
@@ -54,11 +54,11 @@ pub fn replicate_state(ctx: Ctx, key: &[u8], r: &Reservation, expire_at_ms: i64)
             c"bbllll".as_ptr(),
             key.as_ptr(),
             key.len(),
-            r.holder.as_ptr(),
-            r.holder.len(),
-            r.token as i64,
-            r.acquired_at_ms,
-            r.renewals as i64,
+            r.holder().as_ptr(),
+            r.holder().len(),
+            r.token() as i64,
+            r.acquired_at_ms(),
+            r.renewals() as i64,
             expire_at_ms,
         )
     };
@@ -69,7 +69,7 @@ pub fn grant(ctx: Ctx, key: &OpenKey, name: &[u8], holder: &[u8], ttl_ms: u64, n
     let token = issue_token(now);
     let r = Reservation::new(holder, token, now);
     let expire_at = now.saturating_add(ttl_ms as i64);
-    replicate_state(ctx, name, &r, expire_at);
+    replicate_state(ctx, name, r.view(), expire_at);
     key.set_reservation(r);
     key.set_abs_expire(expire_at);
     bump(&STATS.grants);
@@ -462,7 +462,8 @@ fn release_orphan(ctx: Ctx, orphan: Orphan) {
         return;
     };
     // SAFETY: the value stays alive while the key is open and untouched.
-    let still_theirs = unsafe { r.as_ref() }.is_held_by(&orphan.holder, Some(orphan.token));
+    let still_theirs =
+        unsafe { ReservationRef::from_raw(r) }.is_held_by(&orphan.holder, Some(orphan.token));
     if !still_theirs {
         return;
     }

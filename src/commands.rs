@@ -21,7 +21,7 @@ use crate::ffi::{
 };
 use crate::notify::{notify, Event};
 use crate::reservation::{
-    decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation,
+    decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation, ReservationRef,
 };
 use crate::state::{bump, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED};
 
@@ -88,7 +88,7 @@ fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
         KeyKind::Empty => Current::Free,
         // SAFETY: the value lives as long as the key stays open and is
         // not replaced; callers drop this view before changing the key.
-        KeyKind::Reservation(r) => Current::Held(unsafe { r.as_ref() }),
+        KeyKind::Reservation(r) => Current::Held(unsafe { ReservationRef::from_raw(r) }),
         KeyKind::LegacyString => Current::Legacy(key.string_value()),
         KeyKind::Other => return Err(errors::WRONGTYPE.into()),
     })
@@ -212,13 +212,14 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
     let decision = decide_owner(current(&key)?, a.holder, a.token);
     match decision {
         OwnerDecision::Owner => {
-            let KeyKind::Reservation(mut r) = key.kind() else {
+            let KeyKind::Reservation(r) = key.kind() else {
                 return Err(errors::INTERNAL_PANIC.into());
             };
             // SAFETY: the value is ours, alive while the key is open, and
-            // no other reference to it is live here.
-            let r = unsafe { r.as_mut() };
-            r.renewals = r.renewals.saturating_add(1);
+            // no other reference into it is live here.
+            let r = unsafe { ReservationRef::from_raw(r) };
+            // SAFETY: as above.
+            unsafe { r.increment_renewals() };
             replicate_state(ctx, a.key, r, expire_at);
         }
         OwnerDecision::LegacyOwner => {
@@ -282,7 +283,7 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
             reply_null(ctx);
             return Ok(());
         }
-        Current::Held(r) => (&r.holder, r.token, r.acquired_at_ms, r.renewals),
+        Current::Held(r) => (r.holder(), r.token(), r.acquired_at_ms(), r.renewals()),
         // An old library's reservation has no token or history.
         Current::Legacy(value) => (value, 0, 0, 0),
     };
@@ -320,23 +321,13 @@ pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), F
     }
     let a = args::parse_set_state(argv)?;
     let key = OpenKey::write(ctx, raw_args[1]);
-    let fresh = Reservation {
-        holder: a.holder.into(),
-        token: a.token,
-        acquired_at_ms: a.acquired_at_ms,
-        renewals: a.renewals,
-    };
-    match key.kind() {
-        // SAFETY: our value, alive while the key is open; replaced whole.
-        KeyKind::Reservation(mut r) => *unsafe { r.as_mut() } = fresh,
-        KeyKind::Empty => {
-            key.set_reservation(fresh);
-        }
-        KeyKind::LegacyString | KeyKind::Other => {
-            key.delete();
-            key.set_reservation(fresh);
-        }
+    let fresh = Reservation::with_renewals(a.holder, a.token, a.acquired_at_ms, a.renewals);
+    // An existing value of ours is replaced (and freed) by Redis; any
+    // other kind of value is deleted first.
+    if matches!(key.kind(), KeyKind::LegacyString | KeyKind::Other) {
+        key.delete();
     }
+    key.set_reservation(fresh);
     if let Some(at) = a.expire_at_ms {
         key.set_abs_expire(at);
     }

@@ -5,13 +5,14 @@
 //! ms (signed), renewals (unsigned). The key's expiry is saved by Redis.
 
 use std::ffi::{c_int, c_void};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
 use crate::ffi::{rm, string_bytes, RString};
-use crate::reservation::Reservation;
+use crate::reservation::{Reservation, ReservationRef};
 use crate::state::{last_token, observe_token, QueueKey};
 
 pub const TYPE_NAME: &str = "rsrv-lock";
@@ -63,9 +64,9 @@ extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_vo
         return std::ptr::null_mut();
     }
     load_v1(rdb).map_or(std::ptr::null_mut(), |r| {
-        observe_token(r.token);
+        observe_token(r.token());
         count_created();
-        Box::into_raw(Box::new(r)).cast()
+        r.into_raw()
     })
 }
 
@@ -74,36 +75,36 @@ fn load_v1(rdb: *mut raw::RedisModuleIO) -> Option<Reservation> {
     let token = raw::load_unsigned(rdb).ok()?;
     let acquired_at_ms = raw::load_signed(rdb).ok()?;
     let renewals = raw::load_unsigned(rdb).ok()?;
-    Some(Reservation {
-        holder: holder.as_ref().into(),
+    Some(Reservation::with_renewals(
+        holder.as_ref(),
         token,
         acquired_at_ms,
         renewals,
-    })
+    ))
 }
 
 /// The reservation behind a value pointer Redis hands back to us.
-fn value<'a>(value: *mut c_void) -> &'a Reservation {
-    // SAFETY: Redis only calls our type callbacks with values we created
-    // with Box<Reservation>, alive until `free`.
-    unsafe { &*value.cast::<Reservation>() }
+fn value<'a>(value: *const c_void) -> ReservationRef<'a> {
+    // SAFETY: Redis only calls our type callbacks with non-null values we
+    // made with Reservation::into_raw, alive until `free`.
+    unsafe { ReservationRef::from_raw(NonNull::new_unchecked(value.cast_mut())) }
 }
 
 extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, v: *mut c_void) {
     let r = value(v);
-    raw::save_slice(rdb, &r.holder);
-    raw::save_unsigned(rdb, r.token);
-    raw::save_signed(rdb, r.acquired_at_ms);
-    raw::save_unsigned(rdb, r.renewals);
+    raw::save_slice(rdb, r.holder());
+    raw::save_unsigned(rdb, r.token());
+    raw::save_signed(rdb, r.acquired_at_ms());
+    raw::save_unsigned(rdb, r.renewals());
 }
 
 /// Emits the internal command that rebuilds the reservation exactly; Redis
 /// appends the key's PEXPIREAT after it.
 extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: RString, v: *mut c_void) {
     let r = value(v);
-    let token = r.token.to_string();
-    let acquired = r.acquired_at_ms.to_string();
-    let renewals = r.renewals.to_string();
+    let token = r.token().to_string();
+    let acquired = r.acquired_at_ms().to_string();
+    let renewals = r.renewals().to_string();
     // SAFETY: "sbbbbc": key string, four buffers with lengths, one C string.
     unsafe {
         rm!(RedisModule_EmitAOF)(
@@ -111,8 +112,8 @@ extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: RString, v: *mut c_
             c"RESERVE.SETSTATE".as_ptr(),
             c"sbbbbc".as_ptr(),
             key,
-            r.holder.as_ptr(),
-            r.holder.len(),
+            r.holder().as_ptr(),
+            r.holder().len(),
             token.as_ptr(),
             token.len(),
             acquired.as_ptr(),
@@ -130,18 +131,17 @@ fn allocation(bytes: usize) -> usize {
 }
 
 extern "C" fn mem_usage(v: *const c_void) -> usize {
-    let r = value(v.cast_mut());
-    allocation(std::mem::size_of::<Reservation>()) + allocation(r.holder.len())
+    allocation(value(v).heap_size())
 }
 
 extern "C" fn digest(md: *mut raw::RedisModuleDigest, v: *mut c_void) {
     let r = value(v);
     // SAFETY: md is the digest context Redis passed; buffers are copied.
     unsafe {
-        rm!(RedisModule_DigestAddStringBuffer)(md, r.holder.as_ptr().cast(), r.holder.len());
-        rm!(RedisModule_DigestAddLongLong)(md, r.token as i64);
-        rm!(RedisModule_DigestAddLongLong)(md, r.acquired_at_ms);
-        rm!(RedisModule_DigestAddLongLong)(md, r.renewals as i64);
+        rm!(RedisModule_DigestAddStringBuffer)(md, r.holder().as_ptr().cast(), r.holder().len());
+        rm!(RedisModule_DigestAddLongLong)(md, r.token() as i64);
+        rm!(RedisModule_DigestAddLongLong)(md, r.acquired_at_ms());
+        rm!(RedisModule_DigestAddLongLong)(md, r.renewals() as i64);
         rm!(RedisModule_DigestEndSequence)(md);
     }
 }
@@ -149,18 +149,16 @@ extern "C" fn digest(md: *mut raw::RedisModuleDigest, v: *mut c_void) {
 /// May run on a background thread (lazy free): touch nothing but the value
 /// and the atomic counter.
 extern "C" fn free(v: *mut c_void) {
-    if v.is_null() {
-        return;
-    }
-    // SAFETY: created by Box::into_raw in this module; Redis frees once.
-    drop(unsafe { Box::from_raw(v.cast::<Reservation>()) });
+    let Some(v) = NonNull::new(v) else { return };
+    // SAFETY: made by Reservation::into_raw; Redis frees each value once.
+    drop(unsafe { Reservation::from_raw(v) });
     count_freed();
 }
 
 extern "C" fn copy(_from: RString, _to: RString, v: *const c_void) -> *mut c_void {
-    let r = value(v.cast_mut()).clone();
+    let r = value(v).to_owned();
     count_created();
-    Box::into_raw(Box::new(r)).cast()
+    r.into_raw()
 }
 
 extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {

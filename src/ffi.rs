@@ -9,8 +9,6 @@ use std::ptr::{self, NonNull};
 
 use redis_module::raw;
 
-use crate::reservation::Reservation;
-
 /// Calls a Redis module API function by name. Every function used here is
 /// checked for presence when the module loads (`init::check_api`), so the
 /// `expect` cannot fire afterwards.
@@ -71,7 +69,8 @@ impl Drop for OwnedString {
 /// What a key holds, seen from this module.
 pub enum KeyKind {
     Empty,
-    Reservation(NonNull<Reservation>),
+    /// A value of our type: the pointer `Reservation::into_raw` made.
+    Reservation(NonNull<c_void>),
     /// A plain string: an old library's reservation (value = holder).
     LegacyString,
     Other,
@@ -120,9 +119,9 @@ impl OpenKey {
                 if t != reservation_type() {
                     return KeyKind::Other;
                 }
-                // SAFETY: values of our type are always Box<Reservation>.
+                // SAFETY: the key holds a value of our type.
                 let v = unsafe { rm!(RedisModule_ModuleTypeGetValue)(self.ptr) };
-                match NonNull::new(v.cast::<Reservation>()) {
+                match NonNull::new(v) {
                     Some(r) => KeyKind::Reservation(r),
                     None => KeyKind::Other,
                 }
@@ -149,16 +148,17 @@ impl OpenKey {
 
     /// Stores a new reservation as the key's value (replacing whatever was
     /// there; the old value is freed by Redis through our free callback).
-    pub fn set_reservation(&self, r: Reservation) -> bool {
-        let boxed = Box::into_raw(Box::new(r));
+    pub fn set_reservation(&self, r: crate::reservation::Reservation) -> bool {
+        let value = r.into_raw();
         crate::datatype::count_created();
-        // SAFETY: key open for writing; ownership of `boxed` passes to Redis.
-        let status = unsafe {
-            rm!(RedisModule_ModuleTypeSetValue)(self.ptr, reservation_type(), boxed.cast())
-        };
+        // SAFETY: key open for writing; ownership of `value` passes to Redis.
+        let status =
+            unsafe { rm!(RedisModule_ModuleTypeSetValue)(self.ptr, reservation_type(), value) };
         if status != raw::REDISMODULE_OK as c_int {
-            // SAFETY: Redis did not take it, so we still own it.
-            drop(unsafe { Box::from_raw(boxed) });
+            if let Some(value) = NonNull::new(value) {
+                // SAFETY: Redis did not take it, so we still own it.
+                drop(unsafe { crate::reservation::Reservation::from_raw(value) });
+            }
             crate::datatype::count_freed();
             return false;
         }

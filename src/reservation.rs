@@ -8,33 +8,224 @@
 //! key, sets the expiry, replicates, replies). Unit tests drive them with a
 //! fake clock.
 
-/// One held reservation: the value of a key of the module's data type.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use std::alloc::{self, Layout};
+use std::ffi::c_void;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// The fixed part of a stored reservation; the holder's bytes follow it in
+/// the same allocation. One allocation per reservation (instead of a box
+/// plus a holder buffer) is what keeps a held lock close to the size of the
+/// plain `SET key value EX` it replaces.
+#[repr(C)]
+struct Header {
+    token: u64,
+    acquired_at_ms: i64,
+    /// Saturates at u32::MAX: four billion renewals of one grant.
+    renewals: u32,
+    holder_len: u32,
+}
+
+const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+
+fn layout_for(holder_len: usize) -> Layout {
+    // Holders are bounded by `max-holder-len` (at most 1 MiB), far below
+    // isize::MAX, so this layout always exists.
+    Layout::from_size_align(HEADER_SIZE + holder_len, std::mem::align_of::<Header>())
+        .unwrap_or_else(|_| Layout::new::<Header>())
+}
+
+/// One held reservation, owned: the value of a key of the module's type.
+/// It is a single thin pointer so Redis can store it as the key's value.
 pub struct Reservation {
-    pub holder: Box<[u8]>,
-    pub token: u64,
-    pub acquired_at_ms: i64,
-    pub renewals: u64,
+    ptr: NonNull<Header>,
+}
+
+// SAFETY: a Reservation owns its allocation exclusively; nothing in it is
+// tied to a thread (Redis may free values on a background thread).
+unsafe impl Send for Reservation {}
+
+/// A borrowed view of a stored reservation (in a key, or owned above).
+#[derive(Clone, Copy)]
+pub struct ReservationRef<'a> {
+    ptr: NonNull<Header>,
+    _borrow: PhantomData<&'a Header>,
 }
 
 impl Reservation {
     pub fn new(holder: &[u8], token: u64, acquired_at_ms: i64) -> Self {
-        Reservation {
-            holder: holder.into(),
-            token,
-            acquired_at_ms,
-            renewals: 0,
+        Self::with_renewals(holder, token, acquired_at_ms, 0)
+    }
+
+    pub fn with_renewals(holder: &[u8], token: u64, acquired_at_ms: i64, renewals: u64) -> Self {
+        let holder_len = u32::try_from(holder.len()).unwrap_or(u32::MAX);
+        let holder = &holder[..holder_len as usize];
+        let layout = layout_for(holder.len());
+        // SAFETY: the layout is non-zero-sized (it holds the header).
+        let raw = unsafe { alloc::alloc(layout) }.cast::<Header>();
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: `ptr` points to a fresh allocation of HEADER_SIZE +
+        // holder.len() bytes, aligned for Header.
+        unsafe {
+            ptr.as_ptr().write(Header {
+                token,
+                acquired_at_ms,
+                renewals: u32::try_from(renewals).unwrap_or(u32::MAX),
+                holder_len,
+            });
+            let bytes = ptr.as_ptr().cast::<u8>().add(HEADER_SIZE);
+            std::ptr::copy_nonoverlapping(holder.as_ptr(), bytes, holder.len());
+        }
+        Reservation { ptr }
+    }
+
+    pub fn view(&self) -> ReservationRef<'_> {
+        ReservationRef {
+            ptr: self.ptr,
+            _borrow: PhantomData,
         }
     }
 
+    /// Hands ownership to Redis as a module value pointer.
+    pub fn into_raw(self) -> *mut c_void {
+        let ptr = self.ptr.as_ptr().cast();
+        std::mem::forget(self);
+        ptr
+    }
+
+    /// Takes back ownership of a pointer made by `into_raw`.
+    ///
+    /// # Safety
+    /// `raw` must come from `into_raw` and not be used afterwards.
+    pub unsafe fn from_raw(raw: NonNull<c_void>) -> Self {
+        Reservation { ptr: raw.cast() }
+    }
+
+    pub fn holder(&self) -> &[u8] {
+        self.view().holder()
+    }
+    pub fn token(&self) -> u64 {
+        self.view().token()
+    }
+    pub fn acquired_at_ms(&self) -> i64 {
+        self.view().acquired_at_ms()
+    }
+    pub fn renewals(&self) -> u64 {
+        self.view().renewals()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let layout = layout_for(self.view().holder().len());
+        // SAFETY: allocated in `with_renewals` with this very layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+    }
+}
+
+impl Clone for Reservation {
+    fn clone(&self) -> Self {
+        self.view().to_owned()
+    }
+}
+
+impl PartialEq for Reservation {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.view().fmt(f)
+    }
+}
+
+impl<'a> ReservationRef<'a> {
+    /// A view of a module value pointer.
+    ///
+    /// # Safety
+    /// `raw` must come from `Reservation::into_raw` and stay alive (not
+    /// freed or replaced) for `'a`.
+    pub unsafe fn from_raw(raw: NonNull<c_void>) -> Self {
+        ReservationRef {
+            ptr: raw.cast(),
+            _borrow: PhantomData,
+        }
+    }
+
+    fn header(&self) -> &'a Header {
+        // SAFETY: the pointer is live for 'a (type invariant).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    pub fn holder(self) -> &'a [u8] {
+        let len = self.header().holder_len as usize;
+        // SAFETY: `len` bytes of holder follow the header in the same
+        // allocation, initialised in `with_renewals`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(HEADER_SIZE), len) }
+    }
+    pub fn token(self) -> u64 {
+        self.header().token
+    }
+    pub fn acquired_at_ms(self) -> i64 {
+        self.header().acquired_at_ms
+    }
+    pub fn renewals(self) -> u64 {
+        u64::from(self.header().renewals)
+    }
+
     /// Bytes this value occupies on the heap, for `MEMORY USAGE`.
-    pub fn heap_size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.holder.len()
+    pub fn heap_size(self) -> usize {
+        HEADER_SIZE + self.holder().len()
     }
 
     /// Holder and token both match (the token only when one is given).
-    pub fn is_held_by(&self, holder: &[u8], token: Option<u64>) -> bool {
-        &*self.holder == holder && token.is_none_or(|t| t == self.token)
+    pub fn is_held_by(self, holder: &[u8], token: Option<u64>) -> bool {
+        self.holder() == holder && token.is_none_or(|t| t == self.token())
+    }
+
+    pub fn to_owned(self) -> Reservation {
+        Reservation::with_renewals(
+            self.holder(),
+            self.token(),
+            self.acquired_at_ms(),
+            self.renewals(),
+        )
+    }
+
+    /// Counts one renewal in place.
+    ///
+    /// # Safety
+    /// No other reference into this reservation may be live, and the
+    /// pointer must allow writes (it came from `into_raw`).
+    pub unsafe fn increment_renewals(self) {
+        let header = self.ptr.as_ptr();
+        // SAFETY: per the contract above.
+        unsafe { (*header).renewals = (*header).renewals.saturating_add(1) };
+    }
+}
+
+impl PartialEq for ReservationRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.holder() == other.holder()
+            && self.token() == other.token()
+            && self.acquired_at_ms() == other.acquired_at_ms()
+            && self.renewals() == other.renewals()
+    }
+}
+
+impl fmt::Debug for ReservationRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("holder", &String::from_utf8_lossy(self.holder()))
+            .field("token", &self.token())
+            .field("acquired_at_ms", &self.acquired_at_ms())
+            .field("renewals", &self.renewals())
+            .finish()
     }
 }
 
@@ -44,7 +235,7 @@ pub enum Current<'a> {
     /// No key, so no reservation.
     Free,
     /// A key of the module's type.
-    Held(&'a Reservation),
+    Held(ReservationRef<'a>),
     /// A plain string written by one of the old client-side libraries: its
     /// value is the holder (SPEC section 7).
     Legacy(&'a [u8]),
@@ -69,7 +260,7 @@ pub fn decide_lock(current: Current<'_>, holder: &[u8], waiters_queued: bool) ->
     match current {
         Current::Free if waiters_queued => LockDecision::HandOffFirst,
         Current::Free => LockDecision::Grant,
-        Current::Held(r) if &*r.holder == holder => LockDecision::Reacquire { token: r.token },
+        Current::Held(r) if r.holder() == holder => LockDecision::Reacquire { token: r.token() },
         Current::Held(_) | Current::Legacy(_) => LockDecision::Held,
     }
 }
@@ -95,11 +286,13 @@ pub fn decide_owner(current: Current<'_>, holder: &[u8], token: Option<u64>) -> 
 }
 
 /// A renewed copy of `r` (renewal count + 1); the caller sets the expiry.
-pub fn renewed(r: &Reservation) -> Reservation {
-    Reservation {
-        renewals: r.renewals.saturating_add(1),
-        ..r.clone()
-    }
+pub fn renewed(r: ReservationRef<'_>) -> Reservation {
+    Reservation::with_renewals(
+        r.holder(),
+        r.token(),
+        r.acquired_at_ms(),
+        r.renewals().saturating_add(1),
+    )
 }
 
 /// Issues fencing tokens: strictly increasing per server, never repeated,
@@ -163,11 +356,11 @@ mod tests {
     fn relock_by_the_holder_keeps_the_token() {
         let r = Reservation::new(b"w1", 42, NOW);
         assert_eq!(
-            decide_lock(Current::Held(&r), b"w1", true),
+            decide_lock(Current::Held(r.view()), b"w1", true),
             LockDecision::Reacquire { token: 42 }
         );
         assert_eq!(
-            decide_lock(Current::Held(&r), b"w2", false),
+            decide_lock(Current::Held(r.view()), b"w2", false),
             LockDecision::Held
         );
     }
@@ -188,19 +381,19 @@ mod tests {
     fn only_the_holder_with_the_right_token_owns() {
         let r = Reservation::new(b"w1", 42, NOW);
         assert_eq!(
-            decide_owner(Current::Held(&r), b"w1", None),
+            decide_owner(Current::Held(r.view()), b"w1", None),
             OwnerDecision::Owner
         );
         assert_eq!(
-            decide_owner(Current::Held(&r), b"w1", Some(42)),
+            decide_owner(Current::Held(r.view()), b"w1", Some(42)),
             OwnerDecision::Owner
         );
         assert_eq!(
-            decide_owner(Current::Held(&r), b"w1", Some(41)),
+            decide_owner(Current::Held(r.view()), b"w1", Some(41)),
             OwnerDecision::NotOwner
         );
         assert_eq!(
-            decide_owner(Current::Held(&r), b"w2", None),
+            decide_owner(Current::Held(r.view()), b"w2", None),
             OwnerDecision::NotOwner
         );
         assert_eq!(
@@ -224,10 +417,36 @@ mod tests {
     #[test]
     fn renewal_counts_and_keeps_identity() {
         let r = Reservation::new(b"w1", 42, NOW);
-        let r2 = renewed(&renewed(&r));
-        assert_eq!(r2.renewals, 2);
-        assert_eq!(r2.token, 42);
-        assert_eq!(r2.acquired_at_ms, NOW);
+        let r2 = renewed(renewed(r.view()).view());
+        assert_eq!(r2.renewals(), 2);
+        assert_eq!(r2.token(), 42);
+        assert_eq!(r2.acquired_at_ms(), NOW);
+        assert_eq!(r2.holder(), b"w1");
+    }
+
+    #[test]
+    fn storage_round_trips_any_holder() {
+        for holder in [&b"w"[..], b"", &[0xff, 0, 0x80], &[b'x'; 1000]] {
+            let r = Reservation::with_renewals(holder, u64::MAX, i64::MIN, 7);
+            assert_eq!(r.holder(), holder);
+            assert_eq!(
+                (r.token(), r.acquired_at_ms(), r.renewals()),
+                (u64::MAX, i64::MIN, 7)
+            );
+            let copy = r.clone();
+            assert_eq!(copy, r);
+            let raw = NonNull::new(r.into_raw()).unwrap();
+            // SAFETY: raw came from into_raw just above.
+            let view = unsafe { ReservationRef::from_raw(raw) };
+            assert_eq!(view, copy.view());
+            // SAFETY: no other reference into it is live.
+            unsafe { view.increment_renewals() };
+            assert_eq!(view.renewals(), 8);
+            // SAFETY: taking ownership back exactly once.
+            drop(unsafe { Reservation::from_raw(raw) });
+        }
+        let huge = Reservation::with_renewals(b"h", 1, 1, u64::MAX);
+        assert_eq!(huge.renewals(), u64::from(u32::MAX), "saturates");
     }
 
     #[test]
