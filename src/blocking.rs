@@ -32,6 +32,7 @@ enum WaitReply {
         token: u64,
         key: QueueKey,
         holder: Box<[u8]>,
+        client: BlockedClient,
         delivered: bool,
     },
     TimedOut,
@@ -93,6 +94,7 @@ pub fn hand_off(
     bump(&STATS.handoffs);
     notify_bytes(ctx, Event::Grant, &qk.key);
     forget_waiter(ctx, st, &waiter);
+    st.undelivered.insert(waiter.client);
     match removed.emptied {
         Some(meta) => cancel_expiry_timer(ctx, meta),
         None => sync_expiry_timer(ctx, st, qk, key.abs_expire(), now),
@@ -103,6 +105,7 @@ pub fn hand_off(
             token,
             key: qk.clone(),
             holder: waiter.holder,
+            client: waiter.client,
             delivered: false,
         },
     );
@@ -214,9 +217,15 @@ extern "C" fn wait_reply(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
     // SAFETY: see above; nothing else touches it meanwhile.
     match unsafe { reply.as_mut() } {
         Some(WaitReply::Granted {
-            token, delivered, ..
+            token,
+            delivered,
+            client,
+            ..
         }) => {
             *delivered = true;
+            if let Some(mut st) = state() {
+                st.undelivered.remove(client);
+            }
             reply_integer(ctx, *token as i64);
         }
         Some(WaitReply::WrongType) => reply_error(ctx, errors::WRONGTYPE),
@@ -247,13 +256,23 @@ extern "C" fn wait_unblocked(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_i
 
 /// The waiter's connection went away (QUIT, CLIENT KILL, CLIENT UNBLOCK
 /// ERROR, master turned replica): it leaves the queue, never granted.
+///
+/// Redis also lands here for a `CLIENT UNBLOCK id` that arrives after the
+/// waiter was granted but before its reply went out (same event-loop
+/// turn): Redis then drops the grant's reply, so answer 0 here (the grant
+/// itself is released by `free_reply`). For a real disconnect the reply
+/// is discarded with the client.
 extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient) {
-    if let Some(mut st) = state() {
-        if let Some(id) = st.by_client.get(&BlockedClient(bc)).copied() {
-            remove_waiter(ctx, &mut st, id);
-            // SAFETY: still blocked; frees the handle.
-            unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
-        }
+    let Some(mut st) = state() else { return };
+    let client = BlockedClient(bc);
+    if st.undelivered.remove(&client) {
+        reply_integer(ctx, 0);
+        return;
+    }
+    if let Some(id) = st.by_client.get(&client).copied() {
+        remove_waiter(ctx, &mut st, id);
+        // SAFETY: still blocked; frees the handle.
+        unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
     }
 }
 
@@ -270,12 +289,16 @@ extern "C" fn free_reply(ctx: Ctx, data: *mut c_void) {
         token,
         key,
         holder,
-        delivered: false,
+        client,
+        delivered,
     } = *reply
     {
         if let Some(mut st) = state() {
-            st.orphans.push(Orphan { key, holder, token });
-            arm_pending_timer(ctx, &mut st);
+            st.undelivered.remove(&client);
+            if !delivered {
+                st.orphans.push(Orphan { key, holder, token });
+                arm_pending_timer(ctx, &mut st);
+            }
         }
     }
 }

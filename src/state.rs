@@ -117,6 +117,9 @@ pub struct Orphan {
 pub struct ModuleState {
     pub waiters: WaitQueues<QueueKey, Waiter, QueueMeta>,
     pub by_client: HashMap<BlockedClient, WaiterId>,
+    /// Granted waiters whose reply Redis has not sent yet (it does so in
+    /// `beforeSleep`): a `CLIENT UNBLOCK` in between must still answer them.
+    pub undelivered: HashSet<BlockedClient>,
     /// Keys to re-examine once the current command or event is over.
     pub pending: HashSet<QueueKey>,
     pub orphans: Vec<Orphan>,
