@@ -234,6 +234,14 @@ pub struct SetStateArgs<'a> {
     pub expire_at_ms: Option<i64>,
 }
 
+/// The internal `RESERVE.TOKENFLOOR token`: raise the token counter.
+pub fn parse_token_floor(argv: &[&[u8]]) -> Result<u64, ArgError> {
+    let [_, token] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    parse_token(token)
+}
+
 fn parse_i64(input: &[u8]) -> Option<i64> {
     std::str::from_utf8(input).ok()?.parse().ok()
 }

@@ -315,8 +315,7 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
 /// expire_at_ms`: the internal command the master propagates and the AOF
 /// rewrite emits. Refused from ordinary clients: it would forge a lock.
 pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
-    let trusted = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
-    if context_flags(ctx) & trusted == 0 {
+    if !from_master_or_aof(ctx) {
         return Err(errors::INTERNAL_ONLY.into());
     }
     let a = args::parse_set_state(argv)?;
@@ -339,6 +338,28 @@ pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), F
     Ok(())
 }
 
+/// Sent by the master's replication link or read from the AOF.
+fn from_master_or_aof(ctx: Ctx) -> bool {
+    let trusted = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
+    context_flags(ctx) & trusted != 0
+}
+
+/// `RESERVE.TOKENFLOOR token`: internal; raises the token counter. The
+/// module writes one into the AOF (and the replication stream) whenever a
+/// child process forks, so an AOF rewritten without an RDB preamble (which
+/// carries the counter as aux data) still restores it when no reservation
+/// is left to carry a token.
+pub fn token_floor(ctx: Ctx, argv: &[&[u8]], _raw_args: &[RString]) -> Result<(), Failure> {
+    if !from_master_or_aof(ctx) {
+        return Err(errors::INTERNAL_ONLY_TOKENFLOOR.into());
+    }
+    observe_token(args::parse_token_floor(argv)?);
+    // SAFETY: ctx is the command context.
+    unsafe { rm!(RedisModule_ReplicateVerbatim)(ctx) };
+    ffi::reply_ok(ctx);
+    Ok(())
+}
+
 // ----- the extern "C" entry points Redis calls -----
 
 macro_rules! entry_point {
@@ -355,3 +376,4 @@ entry_point!(release_command, release);
 entry_point!(wait_command, wait);
 entry_point!(info_command, info);
 entry_point!(set_state_command, set_state);
+entry_point!(token_floor_command, token_floor);

@@ -15,6 +15,8 @@ pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong
 pub const TOO_MANY_WAITERS: &str = "ERR too many waiters";
 pub const INTERNAL_ONLY: &str =
     "ERR RESERVE.SETSTATE is internal: only replication and AOF loading may send it";
+pub const INTERNAL_ONLY_TOKENFLOOR: &str =
+    "ERR RESERVE.TOKENFLOOR is internal: only replication and AOF loading may send it";
 pub const INTERNAL_PANIC: &str =
     "ERR internal error in the reservation module (see the server log)";
 pub const STATE_BUSY: &str = "ERR reservation module state is busy (re-entrant call)";

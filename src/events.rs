@@ -12,9 +12,9 @@ use redis_module::raw;
 
 use crate::blocking::{schedule_check, schedule_check_all};
 use crate::datatype::take_unlinked;
-use crate::ffi::{rm, selected_db, string_bytes, Ctx, RString};
+use crate::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RString};
 use crate::notify::{notify, Event};
-use crate::state::{bump, state, QueueKey, STATS, WAITERS_QUEUED};
+use crate::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
 
 /// Every class that can delete a key or change its type.
 pub const SUBSCRIBED: c_int = raw::REDISMODULE_NOTIFY_GENERIC
@@ -88,6 +88,21 @@ extern "C" fn on_role_change(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _dat
     }
 }
 
+/// A child process (AOF rewrite, RDB save) was forked. An AOF rewritten
+/// without an RDB preamble keeps no aux data, so once the new incremental
+/// AOF is open, record the token counter in it (and in the replication
+/// stream). Deferred to a timer: the event context is no place to write.
+extern "C" fn on_fork(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
+    if sub == raw::REDISMODULE_SUBEVENT_FORK_CHILD_BORN && last_token() > 0 {
+        create_timer(ctx, 0, record_token_floor, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn record_token_floor(ctx: Ctx, _data: *mut c_void) {
+    let token = last_token().to_string();
+    replicate(ctx, c"RESERVE.TOKENFLOOR", &[token.as_bytes()]);
+}
+
 type ServerEventCallback = unsafe extern "C" fn(Ctx, raw::RedisModuleEvent, u64, *mut c_void);
 
 pub fn subscribe(ctx: Ctx) -> Result<(), String> {
@@ -98,7 +113,7 @@ pub fn subscribe(ctx: Ctx) -> Result<(), String> {
     if status != raw::REDISMODULE_OK as c_int {
         return Err("could not subscribe to keyspace events".into());
     }
-    let server_events: [(u64, ServerEventCallback); 4] = [
+    let server_events: [(u64, ServerEventCallback); 5] = [
         (raw::REDISMODULE_EVENT_FLUSHDB, on_flush),
         (raw::REDISMODULE_EVENT_SWAPDB, on_swapdb),
         (raw::REDISMODULE_EVENT_LOADING, on_loading),
@@ -106,6 +121,7 @@ pub fn subscribe(ctx: Ctx) -> Result<(), String> {
             raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
             on_role_change,
         ),
+        (raw::REDISMODULE_EVENT_FORK_CHILD, on_fork),
     ];
     for (id, callback) in server_events {
         // SAFETY: as above; the event struct is copied by Redis.

@@ -75,6 +75,7 @@ struct CommandSpec {
     handler: CommandFn,
     flags: &'static CStr,
     arity: c_int,
+    /// Flags of the key at argument 1; 0 for a command without keys.
     key_flags: u32,
     summary: &'static CStr,
     complexity: &'static CStr,
@@ -160,6 +161,16 @@ static COMMANDS: &[CommandSpec] = &[
             integer_arg(c"expire-at-ms"),
         ],
     },
+    CommandSpec {
+        name: c"RESERVE.TOKENFLOOR",
+        handler: commands::token_floor_command,
+        flags: c"write",
+        arity: 2,
+        key_flags: 0,
+        summary: c"Internal: raises the fencing-token counter (replication and AOF only; refused from clients).",
+        complexity: c"O(1)",
+        args: &[integer_arg(c"token")],
+    },
 ];
 
 /// Every raw API function the module calls, checked once at load so a
@@ -220,6 +231,7 @@ fn check_api() -> Result<(), String> {
         RedisModule_SetAbsExpire,
         RedisModule_SetCommandInfo,
         RedisModule_SetDisconnectCallback,
+        RedisModule_SetModuleOptions,
         RedisModule_StopTimer,
         RedisModule_StringDMA,
         RedisModule_StringPtrLen,
@@ -231,8 +243,21 @@ fn check_api() -> Result<(), String> {
     Ok(())
 }
 
+/// Key at argument 1, one key, like `SET`'s spec.
+fn set_key_spec(spec: &mut raw::RedisModuleCommandKeySpec, flags: u32) {
+    spec.flags = u64::from(flags);
+    spec.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    spec.bs.index.pos = 1;
+    spec.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+    spec.fk.range.lastkey = 0;
+    spec.fk.range.keystep = 1;
+    spec.fk.range.limit = 0;
+}
+
 fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
     let name = spec.name.to_string_lossy();
+    let has_key = spec.key_flags != 0;
+    let key_pos = c_int::from(has_key);
     // SAFETY: ctx is the OnLoad context; strings are 'static C strings.
     let status = unsafe {
         rm!(RedisModule_CreateCommand)(
@@ -240,9 +265,9 @@ fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
             spec.name.as_ptr(),
             Some(spec.handler),
             spec.flags.as_ptr(),
-            1,
-            1,
-            1,
+            key_pos,
+            key_pos,
+            key_pos,
         )
     };
     if status != raw::REDISMODULE_OK as c_int {
@@ -257,14 +282,9 @@ fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
     // Zeroed structs end each array, as the API requires.
     // SAFETY: all-zero is a valid "end of list" value for these C structs.
     let mut key_specs: [raw::RedisModuleCommandKeySpec; 2] = unsafe { std::mem::zeroed() };
-    key_specs[0].flags = u64::from(spec.key_flags);
-    key_specs[0].begin_search_type =
-        raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
-    key_specs[0].bs.index.pos = 1;
-    key_specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
-    key_specs[0].fk.range.lastkey = 0;
-    key_specs[0].fk.range.keystep = 1;
-    key_specs[0].fk.range.limit = 0;
+    if has_key {
+        set_key_spec(&mut key_specs[0], spec.key_flags);
+    }
 
     let mut args: Vec<raw::RedisModuleCommandArg> = spec
         .args
@@ -323,6 +343,12 @@ fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
 /// Called from `RedisModule_OnLoad` after the data type is created.
 pub fn load(ctx: Ctx, module_args: &[RedisString]) -> Result<(), String> {
     check_api()?;
+    // Let rdb_load see a truncated or corrupt payload (RESTORE, a damaged
+    // RDB) as an error instead of Redis aborting the whole server.
+    // SAFETY: ctx is the OnLoad context.
+    unsafe {
+        rm!(RedisModule_SetModuleOptions)(ctx, raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS as c_int)
+    };
     let arg_bytes: Vec<&[u8]> = module_args.iter().map(RedisString::as_slice).collect();
     let overrides = config::parse_module_args(&arg_bytes)?;
     config::register(ctx, &overrides)?;

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub use redis;
 
+pub mod cluster;
+pub use cluster::Cluster;
+
 /// How long a server gets to start or a condition to become true.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -120,26 +123,34 @@ impl Server {
     }
 
     pub fn with(config: Config) -> Server {
+        Server::try_with(config)
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", server_binary()))
+    }
+
+    /// Like [`Server::with`], but a server that refuses to start (say, the
+    /// module rejects its arguments) is an `Err` with the reason and the
+    /// log's tail instead of a panic.
+    pub fn try_with(config: Config) -> Result<Server, String> {
         let dir = tempfile::Builder::new()
             .prefix("rsrv-test-")
             .tempdir()
-            .expect("temp dir");
+            .map_err(|e| format!("temp dir: {e}"))?;
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port();
             match spawn(&config, dir.path(), port) {
                 Ok(child) => {
-                    return Server {
+                    return Ok(Server {
                         child: Some(child),
                         port,
                         dir,
                         config,
-                    };
+                    });
                 }
                 Err(e) => last_err = e,
             }
         }
-        panic!("could not start {}: {last_err}", server_binary());
+        Err(last_err)
     }
 
     pub fn port(&self) -> u16 {
@@ -324,4 +335,15 @@ pub fn client_id(conn: &mut redis::Connection) -> i64 {
         .arg("ID")
         .query(conn)
         .expect("CLIENT ID")
+}
+
+/// A server error as the server wrote it (`CODE detail`, e.g.
+/// `ERR invalid ttl` or `WRONGTYPE Operation against ...`), so tests can
+/// compare exact texts; other failures (I/O, parse) as their description.
+pub fn error_text(err: &redis::RedisError) -> String {
+    match (err.code(), err.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => err.to_string(),
+    }
 }

@@ -1,0 +1,840 @@
+//! SPEC section 6 (RDB, AOF, AOF rewrite) and the data type's place among
+//! Redis's own key commands: every reservation comes back from disk with
+//! its holder, token, acquired-at, renewals and absolute expiry; tokens
+//! never repeat across a restart; DUMP/RESTORE, COPY, RENAME, MEMORY USAGE,
+//! SCAN TYPE and DEBUG DIGEST-VALUE work the usual way.
+
+use std::collections::BTreeSet;
+
+use testkit::redis::{self, Connection, Value};
+use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
+
+// ----- helpers -----
+
+fn call(c: &mut Connection, argv: &[&[u8]]) -> Result<Value, String> {
+    let name = std::str::from_utf8(argv[0]).expect("command names are UTF-8");
+    let mut cmd = redis::cmd(name);
+    for a in &argv[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query::<Value>(c).map_err(|e| error_text(&e))
+}
+
+fn call_str(c: &mut Connection, argv: &[&str]) -> Result<Value, String> {
+    let bytes: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
+    call(c, &bytes)
+}
+
+fn int_b(c: &mut Connection, argv: &[&[u8]]) -> i64 {
+    match call(c, argv) {
+        Ok(Value::Int(n)) => n,
+        other => {
+            let shown: Vec<String> = argv
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            panic!("{shown:?}: expected an integer, got {other:?}")
+        }
+    }
+}
+
+fn int(c: &mut Connection, argv: &[&str]) -> i64 {
+    let bytes: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
+    int_b(c, &bytes)
+}
+
+fn ok(c: &mut Connection, argv: &[&str]) {
+    match call_str(c, argv) {
+        Ok(Value::Okay) => {}
+        Ok(Value::SimpleString(_)) => {}
+        other => panic!("{argv:?}: expected OK, got {other:?}"),
+    }
+}
+
+fn lock_b(c: &mut Connection, key: &[u8], holder: &[u8], ttl: &str) -> u64 {
+    let t = int_b(c, &[b"RESERVE.LOCK", key, holder, ttl.as_bytes()]);
+    assert!(
+        t >= 1,
+        "LOCK {:?} was not granted",
+        String::from_utf8_lossy(key)
+    );
+    t as u64
+}
+
+fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
+    lock_b(c, key.as_bytes(), holder.as_bytes(), ttl)
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+/// Everything a reservation is, with its absolute expiry: what must come
+/// back from disk exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    holder: Vec<u8>,
+    token: i64,
+    acquired_at_ms: i64,
+    renewals: i64,
+    expire_at_ms: i64,
+    kind: String,
+}
+
+fn snapshot(c: &mut Connection, key: &[u8]) -> Option<Snapshot> {
+    let reply = call(c, &[b"RESERVE.INFO", key]).expect("RESERVE.INFO");
+    let items = match reply {
+        Value::Nil => return None,
+        Value::Array(items) => items,
+        other => panic!("RESERVE.INFO: {other:?}"),
+    };
+    let get = |name: &str| -> &Value {
+        &items
+            .chunks(2)
+            .find(|p| bytes(&p[0]) == name.as_bytes())
+            .unwrap_or_else(|| panic!("no {name} in {items:?}"))[1]
+    };
+    let num = |name: &str| match get(name) {
+        Value::Int(n) => *n,
+        other => panic!("{name}: {other:?}"),
+    };
+    let holder = bytes(get("holder"));
+    let (token, acquired_at_ms, renewals) = (num("token"), num("acquired_at_ms"), num("renewals"));
+    let expire_at_ms = int_b(c, &[b"PEXPIRETIME", key]);
+    let kind = match call(c, &[b"TYPE", key]).unwrap() {
+        Value::SimpleString(s) => s,
+        other => panic!("TYPE: {other:?}"),
+    };
+    Some(Snapshot {
+        holder,
+        token,
+        acquired_at_ms,
+        renewals,
+        expire_at_ms,
+        kind,
+    })
+}
+
+fn snapshots(c: &mut Connection, keys: &[Vec<u8>]) -> Vec<(String, Option<Snapshot>)> {
+    keys.iter()
+        .map(|k| (String::from_utf8_lossy(k).into_owned(), snapshot(c, k)))
+        .collect()
+}
+
+fn max_token(snaps: &[(String, Option<Snapshot>)]) -> u64 {
+    snaps
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().map(|s| s.token as u64))
+        .max()
+        .unwrap_or(0)
+}
+
+fn dbsize(c: &mut Connection) -> i64 {
+    int(c, &["DBSIZE"])
+}
+
+/// Redis's CRC-64 (Jones polynomial, reflected, as in `crc64.c`), which
+/// ends every DUMP payload.
+fn crc64(data: &[u8]) -> u64 {
+    const POLY: u64 = 0x95ac_9329_ac4b_c9b5;
+    let mut crc = 0u64;
+    for &byte in data {
+        crc ^= u64::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ POLY
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// A DUMP payload: the serialized value, 2 bytes of RDB version, 8 bytes of
+/// CRC-64 (little endian). Rebuilds one from a (modified) value.
+fn with_footer(value: &[u8], original: &[u8]) -> Vec<u8> {
+    let mut out = value.to_vec();
+    out.extend_from_slice(&original[original.len() - 10..original.len() - 8]);
+    let crc = crc64(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn payload_value(payload: &[u8]) -> &[u8] {
+    assert_eq!(
+        crc64(&payload[..payload.len() - 8]).to_le_bytes(),
+        payload[payload.len() - 8..],
+        "the CRC-64 helper agrees with the server"
+    );
+    &payload[..payload.len() - 10]
+}
+
+/// Replaces the token inside a DUMP payload (RDB module encoding: UINT
+/// opcode 2, then a 64-bit length-encoded value 0x81 + 8 bytes big endian)
+/// and fixes the checksum, as any client could.
+fn forge_token(payload: &[u8], from: u64, to: u64) -> Vec<u8> {
+    assert!(
+        from >= 1 << 32 && to >= 1 << 32,
+        "both need the 8-byte encoding"
+    );
+    let mut needle = vec![2u8, 0x81];
+    needle.extend_from_slice(&from.to_be_bytes());
+    let mut value = payload_value(payload).to_vec();
+    let at = value
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("token not found in the DUMP payload");
+    value[at + 2..at + 10].copy_from_slice(&to.to_be_bytes());
+    with_footer(&value, payload)
+}
+
+fn dump(c: &mut Connection, key: &str) -> Vec<u8> {
+    match call_str(c, &["DUMP", key]).unwrap() {
+        Value::BulkString(b) => b,
+        other => panic!("DUMP {key}: {other:?}"),
+    }
+}
+
+// ----- RDB -----
+
+#[test]
+fn rdb_round_trip_keeps_every_field_and_the_absolute_expiry() {
+    let mut server = Server::start();
+    let mut c = server.conn();
+    let binary_holder: &[u8] = "работник-ü-\u{1F512}".as_bytes();
+    let mut holder2 = binary_holder.to_vec();
+    holder2.extend_from_slice(b"\xff\x00\xfe");
+
+    lock(&mut c, "plain", "w1", "60");
+    lock(&mut c, "renewed", "w2", "60");
+    for _ in 0..3 {
+        assert_eq!(int(&mut c, &["RESERVE.RENEW", "renewed", "w2", "120"]), 1);
+    }
+    lock_b(&mut c, "ключ-ü".as_bytes(), &holder2, "90");
+    lock(&mut c, "persisted", "w4", "60");
+    assert_eq!(int(&mut c, &["PERSIST", "persisted"]), 1);
+    ok(
+        &mut c,
+        &["SET", "reservation-legacy", "host-w-1", "EX", "100"],
+    );
+    int(&mut c, &["HSET", "hash", "f", "v"]);
+
+    let keys: Vec<Vec<u8>> = ["plain", "renewed", "ключ-ü", "persisted"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    let before = snapshots(&mut c, &keys);
+    assert_eq!(before[1].1.as_ref().unwrap().renewals, 3);
+    assert_eq!(before[2].1.as_ref().unwrap().holder, holder2);
+    assert_eq!(before[3].1.as_ref().unwrap().expire_at_ms, -1);
+    let legacy_expiry = int(&mut c, &["PEXPIRETIME", "reservation-legacy"]);
+    let highest = max_token(&before);
+
+    ok(&mut c, &["SAVE"]);
+    server.restart();
+    let mut c = server.conn();
+
+    assert_eq!(snapshots(&mut c, &keys), before, "after SAVE + restart");
+    assert_eq!(dbsize(&mut c), 6);
+    assert_eq!(
+        int(&mut c, &["PEXPIRETIME", "reservation-legacy"]),
+        legacy_expiry
+    );
+    let stats = reservation_info(&mut c);
+    assert_eq!(stats["held"], 4, "{stats:?}");
+    assert!(stats["last_token"] >= highest, "{stats:?}");
+    // The loaded reservations behave: holders keep them, others do not.
+    assert_eq!(
+        lock(&mut c, "renewed", "w2", "60") as i64,
+        before[1].1.as_ref().unwrap().token
+    );
+    assert_eq!(int(&mut c, &["RESERVE.LOCK", "plain", "w9", "60"]), 0);
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "plain", "w1"]), 1);
+    let next = lock(&mut c, "fresh", "w5", "60");
+    assert!(next > highest, "token {next} after restart <= {highest}");
+}
+
+#[test]
+fn last_token_is_saved_even_without_keys() {
+    let mut server = Server::start();
+    let mut c = server.conn();
+    // Plain case: take tokens, drop every key, save, restart.
+    let mut last = 0;
+    for i in 0..3 {
+        last = lock(&mut c, &format!("k{i}"), "w", "60");
+    }
+    ok(&mut c, &["FLUSHALL"]);
+    ok(&mut c, &["SAVE"]);
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(dbsize(&mut c), 0);
+    assert!(reservation_info(&mut c)["last_token"] >= last);
+    let next = lock(&mut c, "k", "w", "60");
+    assert!(next > last, "token {next} after restart <= {last}");
+
+    // A counter far ahead of the clock (as after a failover from a server
+    // whose tokens ran ahead) only survives through the aux field: raise it
+    // by restoring a reservation whose token is ~12 days of clock ahead.
+    let payload = dump(&mut c, "k");
+    let ahead = next + (1 << 40);
+    let forged = forge_token(&payload, next, ahead);
+    assert_eq!(
+        call(&mut c, &[b"RESTORE", b"forged", b"0", &forged]),
+        Ok(Value::Okay)
+    );
+    assert_eq!(snapshot(&mut c, b"forged").unwrap().token as u64, ahead);
+    let after_restore = lock(&mut c, "k2", "w", "60");
+    assert!(
+        after_restore > ahead,
+        "a RESTOREd token must raise last_token: got {after_restore}, restored {ahead}"
+    );
+    ok(&mut c, &["FLUSHALL"]);
+    ok(&mut c, &["SAVE"]);
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(dbsize(&mut c), 0);
+    assert!(
+        reservation_info(&mut c)["last_token"] >= after_restore,
+        "last_token lost by SAVE + restart"
+    );
+    let next = lock(&mut c, "k", "w", "60");
+    assert!(
+        next > after_restore,
+        "token {next} after restart <= {after_restore}: last_token not saved as aux data"
+    );
+}
+
+// ----- AOF -----
+
+/// A workload of grants, re-grants, renewals and releases. Returns the keys
+/// it touched (whatever their end state) and the highest token issued.
+fn aof_workload(c: &mut Connection, prefix: &str) -> (Vec<Vec<u8>>, u64) {
+    let k = |name: &str| format!("{prefix}{name}");
+    let mut top = 0u64;
+    let mut take = |t: u64| {
+        top = top.max(t);
+        t
+    };
+    take(lock(c, &k("a"), "w1", "60"));
+
+    let tb = take(lock(c, &k("b"), "w2", "60"));
+    assert_eq!(int(c, &["RESERVE.RENEW", &k("b"), "w2", "120"]), 1);
+    assert_eq!(
+        int(
+            c,
+            &[
+                "RESERVE.RENEW",
+                &k("b"),
+                "w2",
+                "90",
+                "TOKEN",
+                &tb.to_string()
+            ]
+        ),
+        1
+    );
+    assert_eq!(int(c, &["RESERVE.RENEW", &k("b"), "other", "500"]), 0);
+
+    take(lock(c, &k("c"), "w3", "60"));
+    assert_eq!(int(c, &["RESERVE.RELEASE", &k("c"), "w3"]), 1);
+
+    let td = take(lock(c, &k("d"), "w4", "60"));
+    assert_eq!(lock(c, &k("d"), "w4", "100"), td, "re-acquire");
+
+    let te = take(lock(c, &k("e"), "w5", "60"));
+    assert_eq!(
+        int(
+            c,
+            &["RESERVE.RELEASE", &k("e"), "w5", "TOKEN", &te.to_string()]
+        ),
+        1
+    );
+    take(lock(c, &k("e"), "w6", "70"));
+
+    take(lock(c, &k("f"), "w7", "60"));
+    assert_eq!(int(c, &["DEL", &k("f")]), 1);
+
+    take(lock_b(c, k("g").as_bytes(), b"\xff\x00bin\xfe", "80"));
+
+    take(lock(c, &k("p"), "w9", "60"));
+    assert_eq!(int(c, &["PERSIST", &k("p")]), 1);
+
+    take(lock(c, &k("x"), "w10", "60"));
+    assert_eq!(int(c, &["PEXPIRE", &k("x"), "200000"]), 1);
+
+    take(lock(c, &k("z"), "w11", "0.1"));
+    wait_until(DEADLINE, "the 0.1 s reservation to expire", || {
+        int(c, &["EXISTS", &k("z")]) == 0
+    });
+    take(lock(c, &k("after-z"), "w12", "60"));
+
+    // Old libraries' plain-string reservations renewed and released.
+    ok(c, &["SET", &k("legacy"), "host-w-1", "EX", "30"]);
+    assert_eq!(
+        int(c, &["RESERVE.RENEW", &k("legacy"), "host-w-1", "100"]),
+        1
+    );
+    ok(c, &["SET", &k("legacy2"), "host-w-2", "EX", "30"]);
+    assert_eq!(int(c, &["RESERVE.RELEASE", &k("legacy2"), "host-w-2"]), 1);
+
+    let keys = [
+        "a", "b", "c", "d", "e", "f", "g", "p", "x", "z", "after-z", "legacy", "legacy2",
+    ]
+    .iter()
+    .map(|n| k(n).into_bytes())
+    .collect();
+    (keys, top)
+}
+
+fn wait_for_rewrite(c: &mut Connection) {
+    wait_until(DEADLINE, "the AOF rewrite to finish", || {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(c)
+            .expect("INFO persistence");
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    });
+}
+
+fn check_aof_replay(preamble: &str) {
+    let mut server = Server::with(
+        Config::default()
+            .aof()
+            .arg("aof-use-rdb-preamble", preamble),
+    );
+    let mut c = server.conn();
+    let (mut keys, top1) = aof_workload(&mut c, "one:");
+    let before = snapshots(&mut c, &keys);
+    let present: Vec<&str> = before
+        .iter()
+        .filter(|(_, s)| s.is_some())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        present,
+        [
+            "one:a",
+            "one:b",
+            "one:d",
+            "one:e",
+            "one:g",
+            "one:p",
+            "one:x",
+            "one:after-z",
+            "one:legacy"
+        ]
+    );
+    let size = dbsize(&mut c);
+
+    // A crash: every acknowledged change is in the AOF (appendfsync always).
+    server.kill9();
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(
+        snapshots(&mut c, &keys),
+        before,
+        "AOF replay must restore the original state and expiry"
+    );
+    assert_eq!(dbsize(&mut c), size);
+    let next = lock(&mut c, "probe1", "w", "60");
+    assert!(next > top1, "token {next} after AOF replay <= {top1}");
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "probe1", "w"]), 1);
+
+    // Rewrite the AOF, add more on top of the rewritten base, crash again.
+    let _: Value = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
+    wait_for_rewrite(&mut c);
+    let (more, top2) = aof_workload(&mut c, "two:");
+    keys.extend(more);
+    let before = snapshots(&mut c, &keys);
+    let size = dbsize(&mut c);
+    server.kill9();
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(
+        snapshots(&mut c, &keys),
+        before,
+        "after BGREWRITEAOF + more writes + replay (aof-use-rdb-preamble {preamble})"
+    );
+    assert_eq!(dbsize(&mut c), size);
+
+    // Rewrite with nothing after it: the rewritten base alone rebuilds all.
+    let _: Value = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
+    wait_for_rewrite(&mut c);
+    server.kill9();
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(
+        snapshots(&mut c, &keys),
+        before,
+        "after a rewrite alone (aof-use-rdb-preamble {preamble})"
+    );
+    let next = lock(&mut c, "probe2", "w", "60");
+    assert!(next > top2.max(top1), "token {next} after rewrite + replay");
+}
+
+#[test]
+fn aof_replay_and_rewrite_with_command_base() {
+    // The rewrite callback (RESERVE.SETSTATE + PEXPIREAT) builds the base.
+    check_aof_replay("no");
+}
+
+#[test]
+fn aof_replay_and_rewrite_with_rdb_preamble() {
+    check_aof_replay("yes");
+}
+
+// ----- the type among Redis's key commands -----
+
+#[test]
+fn dump_restore_copy_and_rename_keep_the_reservation() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let token = lock(&mut c, "src", "w1", "60");
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "src", "w1", "90"]), 1);
+    let original = snapshot(&mut c, b"src").unwrap();
+    let expire = original.expire_at_ms.to_string();
+
+    let payload = dump(&mut c, "src");
+    assert_eq!(
+        call(&mut c, &[b"RESTORE", b"dst", b"0", &payload]),
+        Ok(Value::Okay)
+    );
+    let dst = snapshot(&mut c, b"dst").unwrap();
+    assert_eq!(
+        dst,
+        Snapshot {
+            expire_at_ms: -1,
+            ..original.clone()
+        },
+        "RESTORE with ttl 0: same reservation, no expiry"
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                b"RESTORE",
+                b"dst-abs",
+                expire.as_bytes(),
+                &payload,
+                b"ABSTTL"
+            ]
+        ),
+        Ok(Value::Okay)
+    );
+    assert_eq!(snapshot(&mut c, b"dst-abs").unwrap(), original);
+
+    let busy = call(&mut c, &[b"RESTORE", b"src", b"0", &payload]).unwrap_err();
+    assert!(busy.starts_with("BUSYKEY"), "{busy}");
+    // REPLACE over a reservation of someone else.
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "dst", "w1"]), 1);
+    lock(&mut c, "dst", "intruder", "60");
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                b"RESTORE",
+                b"dst",
+                expire.as_bytes(),
+                &payload,
+                b"REPLACE",
+                b"ABSTTL"
+            ]
+        ),
+        Ok(Value::Okay)
+    );
+    assert_eq!(snapshot(&mut c, b"dst").unwrap(), original);
+    assert_eq!(
+        call(
+            &mut c,
+            &[
+                b"RESTORE",
+                b"src",
+                expire.as_bytes(),
+                &payload,
+                b"REPLACE",
+                b"ABSTTL"
+            ]
+        ),
+        Ok(Value::Okay)
+    );
+    assert_eq!(snapshot(&mut c, b"src").unwrap(), original);
+
+    assert_eq!(int(&mut c, &["COPY", "src", "copied"]), 1);
+    assert_eq!(snapshot(&mut c, b"copied").unwrap(), original);
+    assert_eq!(int(&mut c, &["COPY", "src", "copied"]), 0, "no REPLACE");
+    // The copy is an independent value: renewing it leaves src alone.
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "copied", "w1", "100"]), 1);
+    assert_eq!(snapshot(&mut c, b"src").unwrap(), original);
+    assert_eq!(snapshot(&mut c, b"copied").unwrap().renewals, 2);
+
+    ok(&mut c, &["RENAME", "src", "renamed"]);
+    assert_eq!(int(&mut c, &["EXISTS", "src"]), 0);
+    assert_eq!(snapshot(&mut c, b"renamed").unwrap(), original);
+    assert_eq!(int(&mut c, &["RESERVE.LOCK", "renamed", "w2", "10"]), 0);
+    assert_eq!(
+        int(
+            &mut c,
+            &[
+                "RESERVE.RELEASE",
+                "renamed",
+                "w1",
+                "TOKEN",
+                &token.to_string()
+            ]
+        ),
+        1
+    );
+    assert_eq!(int(&mut c, &["EXISTS", "renamed"]), 0);
+
+    // MEMORY USAGE counts the holder.
+    lock(&mut c, "small", "w", "60");
+    lock(&mut c, "big", &"h".repeat(400), "60");
+    let small = int(&mut c, &["MEMORY", "USAGE", "small"]);
+    let big = int(&mut c, &["MEMORY", "USAGE", "big"]);
+    assert!(small > 0, "MEMORY USAGE {small}");
+    assert!(big > small + 300, "MEMORY USAGE big {big} vs small {small}");
+}
+
+#[test]
+fn scan_type_lists_exactly_the_reservations() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let mut expected = BTreeSet::new();
+    for i in 0..60 {
+        let key = format!("r:{i}");
+        lock(&mut c, &key, "w", "60");
+        expected.insert(key);
+    }
+    for i in 0..20 {
+        ok(&mut c, &["SET", &format!("s:{i}"), "v"]);
+    }
+    ok(
+        &mut c,
+        &["SET", "reservation-legacy", "host-w-1", "EX", "60"],
+    );
+    int(&mut c, &["HSET", "h", "f", "v"]);
+    int(&mut c, &["RPUSH", "l", "a"]);
+    let mut found = BTreeSet::new();
+    let mut cursor = "0".to_string();
+    for _ in 0..1000 {
+        let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("TYPE")
+            .arg("rsrv-lock")
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)
+            .unwrap();
+        found.extend(keys);
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0", "SCAN did not finish");
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn digest_value_is_stable_across_save_and_restart() {
+    let mut server = Server::start();
+    let mut c = server.conn();
+    lock(&mut c, "a", "w1", "60");
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "a", "w1", "60"]), 1);
+    lock_b(&mut c, b"b", b"\xff\x00holder", "60");
+    let digests = |c: &mut Connection| -> (Vec<String>, String) {
+        let per_key: Vec<String> = redis::cmd("DEBUG")
+            .arg("DIGEST-VALUE")
+            .arg("a")
+            .arg("b")
+            .query(c)
+            .unwrap();
+        let all: String = redis::cmd("DEBUG").arg("DIGEST").query(c).unwrap();
+        (per_key, all)
+    };
+    let before = digests(&mut c);
+    assert_eq!(before.0.len(), 2);
+    assert_ne!(
+        before.0[0], before.0[1],
+        "different reservations, different digests"
+    );
+    assert_ne!(before.0[0], "0".repeat(40), "the value is digested");
+    assert_eq!(digests(&mut c), before, "stable while unchanged");
+
+    ok(&mut c, &["SAVE"]);
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(digests(&mut c), before, "after SAVE + restart");
+
+    ok(&mut c, &["DEBUG", "RELOAD"]);
+    assert_eq!(digests(&mut c), before, "after DEBUG RELOAD");
+
+    // A renewal changes the value, so the digest.
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "a", "w1", "60"]), 1);
+    assert_ne!(digests(&mut c).0[0], before.0[0]);
+}
+
+#[test]
+fn restore_of_a_malformed_payload_is_an_error_not_a_crash() {
+    // RESTORE payloads carry only a CRC, which anyone can compute: a value
+    // the type cannot read must be refused, never take the server down.
+    let mut server = Server::start();
+    let mut c = server.conn();
+    let token = lock(&mut c, "src", "holder", "60");
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "src", "holder", "60"]), 1);
+    let payload = dump(&mut c, "src");
+    let value = payload_value(&payload).to_vec();
+    // Module value v2: type byte, module id (0x81 + 8 bytes), then
+    // opcode-tagged fields, then the EOF opcode 0.
+    let fields = 10;
+    assert_eq!(value[0], 7, "RDB_TYPE_MODULE_2");
+    assert_eq!(*value.last().unwrap(), 0, "module EOF opcode");
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // The renewals field (UINT 1: "02 01") missing: EOF where a number is due.
+    assert!(value.ends_with(&[2, 1, 0]), "{value:02x?}");
+    let mut v = value[..value.len() - 3].to_vec();
+    v.push(0);
+    cases.push(("renewals missing", v));
+    // Only the module id, then EOF.
+    let mut v = value[..fields].to_vec();
+    v.push(0);
+    cases.push(("no fields", v));
+    // The holder's length claims more bytes than there are.
+    let mut v = value.clone();
+    assert_eq!(&v[fields..fields + 2], &[5, 6], "STRING opcode, length 6");
+    v[fields + 1] = 60;
+    cases.push(("holder too long", v));
+    // The token tagged as a string.
+    let mut needle = vec![2u8, 0x81];
+    needle.extend_from_slice(&token.to_be_bytes());
+    let at = value
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("token in the payload");
+    let mut v = value.clone();
+    v[at] = 5;
+    cases.push(("token as a string", v));
+    // Cut in the middle of the token.
+    cases.push(("truncated", value[..at + 5].to_vec()));
+
+    for (what, v) in &cases {
+        let bad = with_footer(v, &payload);
+        match call(&mut c, &[b"RESTORE", b"evil", b"0", &bad]) {
+            Err(e) if e.starts_with("ERR ") => {}
+            other => {
+                let log = server.log();
+                let crash: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("Guru Meditation") || l.contains("ASSERTION"))
+                    .collect();
+                panic!(
+                    "RESTORE of a malformed payload ({what}) must answer an error, got {other:?}\n{}",
+                    crash.join("\n")
+                );
+            }
+        }
+        assert!(server.is_alive(), "{what}");
+        assert_eq!(int(&mut c, &["EXISTS", "evil"]), 0, "{what}");
+    }
+    assert_eq!(reservation_info(&mut c)["held"], 1);
+}
+
+#[test]
+fn migrate_moves_the_reservation_and_its_token() {
+    let source = Server::start();
+    let target = Server::start();
+    let mut s = source.conn();
+    let mut t = target.conn();
+    let token = lock(&mut s, "job", "w1", "60");
+    assert_eq!(int(&mut s, &["RESERVE.RENEW", "job", "w1", "90"]), 1);
+    // Give the source a token far ahead of the target's clock-based ones.
+    let ahead = token + (1 << 40);
+    let forged = forge_token(&dump(&mut s, "job"), token, ahead);
+    assert_eq!(
+        call(&mut s, &[b"RESTORE", b"ahead", b"0", &forged]),
+        Ok(Value::Okay)
+    );
+    let before = snapshot(&mut s, b"job").unwrap();
+    let port = target.port().to_string();
+    for key in ["job", "ahead"] {
+        ok(&mut s, &["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+        assert_eq!(int(&mut s, &["EXISTS", key]), 0, "{key} left the source");
+    }
+    let after = snapshot(&mut t, b"job").expect("job on the target");
+    // MIGRATE sends a relative TTL: the expiry may move by the transfer time.
+    assert_eq!(
+        (
+            &after.holder,
+            after.token,
+            after.acquired_at_ms,
+            after.renewals,
+            &after.kind
+        ),
+        (
+            &before.holder,
+            before.token,
+            before.acquired_at_ms,
+            before.renewals,
+            &before.kind
+        )
+    );
+    assert!(after.expire_at_ms >= before.expire_at_ms);
+    assert_eq!(snapshot(&mut t, b"ahead").unwrap().token as u64, ahead);
+    assert_eq!(int(&mut t, &["RESERVE.RENEW", "job", "w1", "60"]), 1);
+    let next = lock(&mut t, "fresh", "w", "60");
+    assert!(
+        next > ahead,
+        "the target must raise last_token to a token it receives: {next} <= {ahead}"
+    );
+}
+
+fn check_last_token_survives_aof_rewrite(preamble: &str) {
+    let mut server = Server::with(
+        Config::default()
+            .aof()
+            .arg("aof-use-rdb-preamble", preamble),
+    );
+    let mut c = server.conn();
+    // A counter ahead of the clock (as after a failover from a server whose
+    // clock ran ahead, or after this one's clock stepped back).
+    let t = lock(&mut c, "k", "w", "60");
+    let ahead = t + (1 << 40);
+    let forged = forge_token(&dump(&mut c, "k"), t, ahead);
+    assert_eq!(
+        call(&mut c, &[b"RESTORE", b"forged", b"0", &forged]),
+        Ok(Value::Okay)
+    );
+    let last = lock(&mut c, "k2", "w", "60");
+    assert!(last > ahead);
+    // Every reservation released: the rewritten AOF holds no keys.
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "k", "w"]), 1);
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "k2", "w"]), 1);
+    assert_eq!(int(&mut c, &["DEL", "forged"]), 1);
+    let _: Value = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
+    wait_for_rewrite(&mut c);
+    server.kill9();
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(dbsize(&mut c), 0);
+    let next = lock(&mut c, "k", "w", "60");
+    assert!(
+        next > last,
+        "token {next} after AOF rewrite + restart <= {last} issued before \
+         (aof-use-rdb-preamble {preamble}): tokens repeat"
+    );
+}
+
+#[test]
+fn last_token_survives_aof_rewrite_with_rdb_preamble() {
+    check_last_token_survives_aof_rewrite("yes");
+}
+
+#[test]
+fn last_token_survives_aof_rewrite_with_command_base() {
+    check_last_token_survives_aof_rewrite("no");
+}
