@@ -484,4 +484,126 @@ mod tests {
         issuer.observe(u64::MAX);
         assert_eq!(issuer.issue(NOW), u64::MAX, "saturates rather than wraps");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Lock(u8),
+            Renew(u8, Option<bool>),
+            Release(u8, Option<bool>),
+            Delete,
+            Legacy(u8),
+            ClockStep(i64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..4).prop_map(Op::Lock),
+                (0u8..4, proptest::option::of(any::<bool>())).prop_map(|(h, t)| Op::Renew(h, t)),
+                (0u8..4, proptest::option::of(any::<bool>())).prop_map(|(h, t)| Op::Release(h, t)),
+                Just(Op::Delete),
+                (0u8..4).prop_map(Op::Legacy),
+                (-5_000i64..5_000).prop_map(Op::ClockStep),
+            ]
+        }
+
+        /// What a key holds in this simulation of the glue.
+        enum Slot {
+            Free,
+            Held(Reservation),
+            Legacy(Vec<u8>),
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            /// Drives one key through random operations the way the glue
+            /// does, and checks the contract: every grant gets a token
+            /// above all earlier ones even when the clock steps back; a
+            /// re-acquire keeps the token; only the holder (with the
+            /// right token) renews or releases; old libraries' strings
+            /// are never granted over.
+            #[test]
+            fn one_key_keeps_the_contract(ops in proptest::collection::vec(op(), 1..120)) {
+                let mut issuer = TokenIssuer::default();
+                let mut now = 1_800_000_000_000i64;
+                let mut slot = Slot::Free;
+                let mut highest = 0u64;
+                for op in ops {
+                    let holder_of = |h: u8| vec![b'w', h];
+                    match op {
+                        Op::Lock(h) => {
+                            let holder = holder_of(h);
+                            let current = match &slot {
+                                Slot::Free => Current::Free,
+                                Slot::Held(r) => Current::Held(r.view()),
+                                Slot::Legacy(v) => Current::Legacy(v),
+                            };
+                            match decide_lock(current, &holder, false) {
+                                LockDecision::Grant => {
+                                    prop_assert!(matches!(slot, Slot::Free));
+                                    let t = issuer.issue(now);
+                                    prop_assert!(t > highest);
+                                    highest = t;
+                                    slot = Slot::Held(Reservation::new(&holder, t, now));
+                                }
+                                LockDecision::Reacquire { token } => {
+                                    let Slot::Held(r) = &slot else { panic!("reacquire of a free key") };
+                                    prop_assert_eq!(r.holder(), &holder[..]);
+                                    prop_assert_eq!(token, r.token());
+                                }
+                                LockDecision::Held => {
+                                    let other = match &slot {
+                                        Slot::Held(r) => r.holder() != &holder[..],
+                                        Slot::Legacy(_) => true,
+                                        Slot::Free => false,
+                                    };
+                                    prop_assert!(other);
+                                }
+                                LockDecision::HandOffFirst => prop_assert!(false, "no waiters here"),
+                            }
+                        }
+                        Op::Renew(h, token_right) | Op::Release(h, token_right) => {
+                            let holder = holder_of(h);
+                            let token = match (&slot, token_right) {
+                                (Slot::Held(r), Some(true)) => Some(r.token()),
+                                (Slot::Held(r), Some(false)) => Some(r.token() + 1),
+                                (_, Some(_)) => Some(1),
+                                (_, None) => None,
+                            };
+                            let current = match &slot {
+                                Slot::Free => Current::Free,
+                                Slot::Held(r) => Current::Held(r.view()),
+                                Slot::Legacy(v) => Current::Legacy(v),
+                            };
+                            let decision = decide_owner(current, &holder, token);
+                            let expected = match &slot {
+                                Slot::Held(r) if r.holder() == &holder[..] && token_right != Some(false) => OwnerDecision::Owner,
+                                Slot::Legacy(v) if v == &holder && token.is_none() => OwnerDecision::LegacyOwner,
+                                _ => OwnerDecision::NotOwner,
+                            };
+                            prop_assert_eq!(&decision, &expected);
+                            if decision != OwnerDecision::NotOwner {
+                                if matches!(op, Op::Release(..)) {
+                                    slot = Slot::Free;
+                                } else if let Slot::Held(r) = &slot {
+                                    let before = r.renewals();
+                                    let r2 = renewed(r.view());
+                                    prop_assert_eq!(r2.renewals(), before + 1);
+                                    prop_assert_eq!(r2.token(), r.token());
+                                    slot = Slot::Held(r2);
+                                }
+                            }
+                        }
+                        Op::Delete => slot = Slot::Free,
+                        Op::Legacy(h) => slot = Slot::Legacy(holder_of(h)),
+                        Op::ClockStep(ms) => now += ms,
+                    }
+                }
+            }
+        }
+    }
 }
