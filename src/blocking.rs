@@ -22,7 +22,7 @@ use crate::notify::{notify_bytes, Event};
 use crate::reservation::{Reservation, ReservationRef};
 use crate::state::{
     bump, issue_token, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter,
-    STATS,
+    STATS, WAITERS_QUEUED,
 };
 use crate::waitqueue::{Removed, WaiterId};
 
@@ -497,6 +497,23 @@ fn release_orphan(ctx: Ctx, orphan: Orphan) {
     let handed = state().and_then(|mut st| hand_off(ctx, &mut st, &key, &orphan.key, now));
     if handed.is_none() {
         ffi::replicate(ctx, c"DEL", &[&orphan.key.key]);
+    }
+}
+
+/// From callbacks that have no context of their own (the data type's
+/// unlink): schedules a check of `qk` if anyone waits on it.
+pub fn check_later_if_waited(qk: &QueueKey) {
+    if WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return;
+    }
+    let ctx = ffi::detached_ctx();
+    if ctx.is_null() {
+        return;
+    }
+    if let Some(mut st) = state() {
+        if st.waiters.len(qk) > 0 {
+            schedule_check(ctx, &mut st, qk.clone());
+        }
     }
 }
 

@@ -198,11 +198,16 @@ extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
             rm!(RedisModule_GetDbIdFromOptCtx)(ctx),
         )
     };
+    let key = QueueKey {
+        db,
+        key: string_bytes(name).into(),
+    };
+    // Some deletions fire no keyspace notification (a cluster node losing
+    // a slot to a newer epoch drops its keys silently): a key with waiters
+    // gets its deferred check from here too.
+    crate::blocking::check_later_if_waited(&key);
     if let Ok(mut last) = LAST_UNLINKED.try_lock() {
-        *last = Some(QueueKey {
-            db,
-            key: string_bytes(name).into(),
-        });
+        *last = Some(key);
     }
 }
 

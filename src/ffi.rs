@@ -283,6 +283,25 @@ pub fn replicate(ctx: Ctx, cmd: &CStr, args: &[&[u8]]) {
     };
 }
 
+// ----- a context for callbacks that get none -----
+
+static DETACHED: std::sync::atomic::AtomicPtr<raw::RedisModuleCtx> =
+    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+
+/// Creates the module's detached context once, at load.
+pub fn init_detached_ctx(ctx: Ctx) {
+    // SAFETY: ctx is the OnLoad context; the detached context lives for
+    // the rest of the process.
+    let detached = unsafe { rm!(RedisModule_GetDetachedThreadSafeContext)(ctx) };
+    DETACHED.store(detached, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A module context for main-thread callbacks that receive none (timer
+/// creation only needs the module it belongs to). Null before load.
+pub fn detached_ctx() -> Ctx {
+    DETACHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 // ----- timers -----
 
 pub type TimerCallback = unsafe extern "C" fn(ctx: Ctx, data: *mut c_void);

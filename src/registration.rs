@@ -202,6 +202,7 @@ fn check_api() -> Result<(), String> {
         RedisModule_GetCommand,
         RedisModule_GetContextFlags,
         RedisModule_GetDbIdFromOptCtx,
+        RedisModule_GetDetachedThreadSafeContext,
         RedisModule_GetKeyNameFromOptCtx,
         RedisModule_GetNotifyKeyspaceEvents,
         RedisModule_NotifyKeyspaceEvent,
@@ -356,6 +357,7 @@ pub fn load(ctx: Ctx, module_args: &[RedisString]) -> Result<(), String> {
         register_command(ctx, spec)?;
     }
     events::subscribe(ctx)?;
+    crate::ffi::init_detached_ctx(ctx);
     // Replaces the crate's default (empty) info handler.
     // SAFETY: ctx is the OnLoad context.
     let status = unsafe { rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback)) };
