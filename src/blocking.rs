@@ -266,7 +266,15 @@ extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient
     let Some(mut st) = state() else { return };
     let client = BlockedClient(bc);
     if st.undelivered.remove(&client) {
-        reply_integer(ctx, 0);
+        // A connection being freed needs (and can take) no reply. Of the
+        // unblocks, `CLIENT UNBLOCK id ERROR` (and a master turning
+        // replica) already queued an error; the plain form queued nothing
+        // and needs ours.
+        // SAFETY: ctx is the blocked client's context.
+        let id = unsafe { rm!(RedisModule_GetClientId)(ctx) };
+        if !crate::events::is_disconnecting(id) && !has_pending_output(ctx, id) {
+            reply_integer(ctx, 0);
+        }
         return;
     }
     if let Some(id) = st.by_client.get(&client).copied() {
@@ -274,6 +282,28 @@ extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient
         // SAFETY: still blocked; frees the handle.
         unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
     }
+}
+
+/// Whether the context's client has output queued and not yet written
+/// (read from `CLIENT LIST ID`: `obl`/`oll`). Only asked in the rare
+/// unblock-after-grant race above.
+fn has_pending_output(ctx: Ctx, id: u64) -> bool {
+    let id = id.to_string();
+    let listing = match redis_module::Context::new(ctx).call("CLIENT", &["LIST", "ID", &id]) {
+        Ok(redis_module::RedisValue::BulkString(s))
+        | Ok(redis_module::RedisValue::SimpleString(s)) => s,
+        Ok(redis_module::RedisValue::StringBuffer(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(redis_module::RedisValue::VerbatimString((_, b))) => {
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        _ => return false,
+    };
+    listing.split_whitespace().any(|field| {
+        field
+            .strip_prefix("obl=")
+            .or_else(|| field.strip_prefix("oll="))
+            .is_some_and(|n| n != "0")
+    })
 }
 
 /// Frees a reply. A grant whose reply never went out (the client vanished

@@ -189,6 +189,9 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int)
 // type cannot be asked).
 
 static LAST_UNLINKED: std::sync::Mutex<Option<QueueKey>> = std::sync::Mutex::new(None);
+/// Set while LAST_UNLINKED holds a key: lets every other notification
+/// skip the mutex.
+static UNLINK_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
     // SAFETY: the opt ctx is valid for this callback.
@@ -208,16 +211,33 @@ extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
     crate::blocking::check_later_if_waited(&key);
     if let Ok(mut last) = LAST_UNLINKED.try_lock() {
         *last = Some(key);
+        UNLINK_PENDING.store(true, Ordering::Relaxed);
     }
 }
 
-/// Whether `key` is the reservation Redis unlinked last (and forget it).
+/// Whether `key` is the reservation Redis unlinked just before the
+/// notification being handled. Redis fires `expired` right after the
+/// unlink, with nothing in between, so every notification consumes the
+/// record: a stale one can never match a later, unrelated expiry.
 pub fn take_unlinked(key: &QueueKey) -> bool {
+    if !UNLINK_PENDING.swap(false, Ordering::Relaxed) {
+        return false;
+    }
     match LAST_UNLINKED.try_lock() {
-        Ok(mut last) if last.as_ref() == Some(key) => {
+        Ok(mut last) => last.take().as_ref() == Some(key),
+        Err(_) => false,
+    }
+}
+
+pub fn unlink_pending() -> bool {
+    UNLINK_PENDING.load(Ordering::Relaxed)
+}
+
+/// Our own deletions (RELEASE) are not expiries: drop the record.
+pub fn forget_unlinked() {
+    if UNLINK_PENDING.swap(false, Ordering::Relaxed) {
+        if let Ok(mut last) = LAST_UNLINKED.try_lock() {
             *last = None;
-            true
         }
-        _ => false,
     }
 }

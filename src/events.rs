@@ -11,7 +11,7 @@ use std::ffi::{c_char, c_int, c_void};
 use redis_module::raw;
 
 use crate::blocking::{schedule_check, schedule_check_all};
-use crate::datatype::take_unlinked;
+use crate::datatype::{take_unlinked, unlink_pending};
 use crate::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RString};
 use crate::notify::{notify, Event};
 use crate::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
@@ -34,17 +34,21 @@ pub extern "C" fn on_keyspace_event(
     key: RString,
 ) -> c_int {
     let expired = event_type & raw::REDISMODULE_NOTIFY_EXPIRED != 0;
-    let interesting = expired || WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) > 0;
-    if !interesting {
+    let unlinked = unlink_pending();
+    let waited = WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    if !unlinked && !waited {
         return raw::REDISMODULE_OK as c_int;
     }
     let qk = QueueKey {
         db: selected_db(ctx),
         key: string_bytes(key).into(),
     };
-    if expired && take_unlinked(&qk) {
+    if unlinked && take_unlinked(&qk) && expired {
         bump(&STATS.expirations);
         notify(ctx, Event::Expire, key);
+    }
+    if !waited {
+        return raw::REDISMODULE_OK as c_int;
     }
     // Any event on a key with waiters is worth a look: it may have been
     // deleted, retyped, or given a new expiry for the timer to follow.
@@ -103,6 +107,24 @@ extern "C" fn record_token_floor(ctx: Ctx, _data: *mut c_void) {
     replicate(ctx, c"RESERVE.TOKENFLOOR", &[token.as_bytes()]);
 }
 
+/// The client Redis is freeing right now: it fires this event just before
+/// unblocking the client, so the disconnect callback can tell a dying
+/// connection (which must not be inspected) from a `CLIENT UNBLOCK`.
+static DISCONNECTING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn on_client_change(_ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
+    if sub == raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED && !data.is_null() {
+        // SAFETY: for client-change events the data is a ClientInfo.
+        let info = unsafe { &*data.cast::<raw::RedisModuleClientInfo>() };
+        DISCONNECTING.store(info.id, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether client `id` is being freed (ids are never reused).
+pub fn is_disconnecting(id: u64) -> bool {
+    DISCONNECTING.load(std::sync::atomic::Ordering::Relaxed) == id
+}
+
 type ServerEventCallback = unsafe extern "C" fn(Ctx, raw::RedisModuleEvent, u64, *mut c_void);
 
 pub fn subscribe(ctx: Ctx) -> Result<(), String> {
@@ -113,7 +135,7 @@ pub fn subscribe(ctx: Ctx) -> Result<(), String> {
     if status != raw::REDISMODULE_OK as c_int {
         return Err("could not subscribe to keyspace events".into());
     }
-    let server_events: [(u64, ServerEventCallback); 5] = [
+    let server_events: [(u64, ServerEventCallback); 6] = [
         (raw::REDISMODULE_EVENT_FLUSHDB, on_flush),
         (raw::REDISMODULE_EVENT_SWAPDB, on_swapdb),
         (raw::REDISMODULE_EVENT_LOADING, on_loading),
@@ -122,6 +144,7 @@ pub fn subscribe(ctx: Ctx) -> Result<(), String> {
             on_role_change,
         ),
         (raw::REDISMODULE_EVENT_FORK_CHILD, on_fork),
+        (raw::REDISMODULE_EVENT_CLIENT_CHANGE, on_client_change),
     ];
     for (id, callback) in server_events {
         // SAFETY: as above; the event struct is copied by Redis.

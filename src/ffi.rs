@@ -183,6 +183,8 @@ impl OpenKey {
     pub fn delete(&self) {
         // SAFETY: open key for writing.
         unsafe { rm!(RedisModule_DeleteKey)(self.ptr) };
+        // A deletion of ours is never an expiry.
+        crate::datatype::forget_unlinked();
     }
 }
 

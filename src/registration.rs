@@ -199,6 +199,7 @@ fn check_api() -> Result<(), String> {
         RedisModule_GetAbsExpire,
         RedisModule_GetBlockedClientHandle,
         RedisModule_GetBlockedClientPrivateData,
+        RedisModule_GetClientId,
         RedisModule_GetCommand,
         RedisModule_GetContextFlags,
         RedisModule_GetDbIdFromOptCtx,
