@@ -370,10 +370,25 @@ pub fn sync_expiry_timer(
     }
     if let Some(at) = fire_at {
         let data = Box::into_raw(Box::new(qk.clone()));
-        let delay = at.saturating_sub(now).max(0);
+        let delay = expiry_timer_delay(at, now, ffi::now_us());
         let id = create_timer(ctx, delay, expiry_timer_fired, data.cast());
         meta.expiry_timer = Some((id, at));
     }
+}
+
+/// Milliseconds until `fire_at_ms`, rounded down from the microsecond
+/// clock: the timer fires at most a millisecond early rather than up to a
+/// millisecond late, and a timer that finds the key not yet expired re-arms
+/// with 0 until Redis's clock passes the expiry. `now_ms` is the clock the
+/// key's expiry was compared with; `now_us` the same clock in µs when
+/// available (0 otherwise).
+fn expiry_timer_delay(fire_at_ms: i64, now_ms: i64, now_us: i64) -> i64 {
+    let delay = if now_us > 0 {
+        (fire_at_ms.saturating_mul(1000) - now_us) / 1000
+    } else {
+        fire_at_ms.saturating_sub(now_ms)
+    };
+    delay.max(0)
 }
 
 fn cancel_expiry_timer(ctx: Ctx, meta: QueueMeta) {

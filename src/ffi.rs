@@ -203,6 +203,14 @@ pub fn now_ms() -> i64 {
     unsafe { rm!(RedisModule_Milliseconds)() }
 }
 
+/// The same wall clock in microseconds (what module timers run on), or 0
+/// if the system clock is unreadable.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0))
+}
+
 pub fn context_flags(ctx: Ctx) -> u32 {
     // SAFETY: ctx is live.
     (unsafe { rm!(RedisModule_GetContextFlags)(ctx) }) as u32
