@@ -208,7 +208,9 @@ extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
     // Some deletions fire no keyspace notification (a cluster node losing
     // a slot to a newer epoch drops its keys silently): a key with waiters
     // gets its deferred check from here too.
-    crate::blocking::check_later_if_waited(&key);
+    if !crate::ffi::in_own_delete() {
+        crate::blocking::check_later_if_waited(&key);
+    }
     if let Ok(mut last) = LAST_UNLINKED.try_lock() {
         *last = Some(key);
         UNLINK_PENDING.store(true, Ordering::Relaxed);

@@ -66,6 +66,14 @@ impl Drop for OwnedString {
     }
 }
 
+/// Set while `OpenKey::delete` runs (main thread only).
+static OWN_DELETE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the module itself is deleting a key right now.
+pub fn in_own_delete() -> bool {
+    OWN_DELETE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What a key holds, seen from this module.
 pub enum KeyKind {
     Empty,
@@ -180,9 +188,13 @@ impl OpenKey {
         unsafe { rm!(RedisModule_SetAbsExpire)(self.ptr, at_ms) };
     }
 
+    /// Deletes the key. The module's own deletions (RELEASE) hand off in
+    /// the same step, so the unlink callback need not schedule a check.
     pub fn delete(&self) {
+        OWN_DELETE.store(true, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: open key for writing.
         unsafe { rm!(RedisModule_DeleteKey)(self.ptr) };
+        OWN_DELETE.store(false, std::sync::atomic::Ordering::Relaxed);
         // A deletion of ours is never an expiry.
         crate::datatype::forget_unlinked();
     }
