@@ -9,42 +9,11 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testkit::cmd::{call, call_str, err, int};
 use testkit::redis::{self, Connection, Value};
 use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
 
 // ----- helpers -----
-
-/// Sends `argv` (command name first) and returns the reply or the exact
-/// error text.
-fn call(c: &mut Connection, argv: &[&[u8]]) -> Result<Value, String> {
-    let name = std::str::from_utf8(argv[0]).expect("command names are UTF-8");
-    let mut cmd = redis::cmd(name);
-    for a in &argv[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query::<Value>(c).map_err(|e| error_text(&e))
-}
-
-fn call_str(c: &mut Connection, argv: &[&str]) -> Result<Value, String> {
-    let bytes: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
-    call(c, &bytes)
-}
-
-/// An integer reply (panics with the command on anything else).
-fn int(c: &mut Connection, argv: &[&str]) -> i64 {
-    match call_str(c, argv) {
-        Ok(Value::Int(n)) => n,
-        other => panic!("{argv:?}: expected an integer, got {other:?}"),
-    }
-}
-
-/// The error text of a command that must fail.
-fn err(c: &mut Connection, argv: &[&str]) -> String {
-    match call_str(c, argv) {
-        Err(e) => e,
-        Ok(v) => panic!("{argv:?}: expected an error, got {v:?}"),
-    }
-}
 
 fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
     let t = int(c, &["RESERVE.LOCK", key, holder, ttl]);

@@ -6,24 +6,11 @@
 
 use std::collections::BTreeSet;
 
+use testkit::cmd::{call, call_str};
 use testkit::redis::{self, Connection, Value};
-use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
+use testkit::{reservation_info, wait_until, Config, Server, DEADLINE};
 
 // ----- helpers -----
-
-fn call(c: &mut Connection, argv: &[&[u8]]) -> Result<Value, String> {
-    let name = std::str::from_utf8(argv[0]).expect("command names are UTF-8");
-    let mut cmd = redis::cmd(name);
-    for a in &argv[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query::<Value>(c).map_err(|e| error_text(&e))
-}
-
-fn call_str(c: &mut Connection, argv: &[&str]) -> Result<Value, String> {
-    let bytes: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
-    call(c, &bytes)
-}
 
 fn int_b(c: &mut Connection, argv: &[&[u8]]) -> i64 {
     match call(c, argv) {

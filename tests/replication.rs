@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::thread;
 
+use testkit::cmd::{bytes, call, call_str, err, int};
 use testkit::redis::{self, Connection, Value};
 use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
 
@@ -14,34 +15,6 @@ use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE
 /// waits 5 s for more replicas to join a diskless sync by default).
 fn start_master() -> Server {
     Server::with(Config::default().arg("repl-diskless-sync-delay", "0"))
-}
-
-fn call(c: &mut Connection, argv: &[&[u8]]) -> Result<Value, String> {
-    let name = std::str::from_utf8(argv[0]).expect("command names are UTF-8");
-    let mut cmd = redis::cmd(name);
-    for a in &argv[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query::<Value>(c).map_err(|e| error_text(&e))
-}
-
-fn call_str(c: &mut Connection, argv: &[&str]) -> Result<Value, String> {
-    let bytes: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
-    call(c, &bytes)
-}
-
-fn int(c: &mut Connection, argv: &[&str]) -> i64 {
-    match call_str(c, argv) {
-        Ok(Value::Int(n)) => n,
-        other => panic!("{argv:?}: expected an integer, got {other:?}"),
-    }
-}
-
-fn err(c: &mut Connection, argv: &[&str]) -> String {
-    match call_str(c, argv) {
-        Err(e) => e,
-        Ok(v) => panic!("{argv:?}: expected an error, got {v:?}"),
-    }
 }
 
 fn ok(c: &mut Connection, argv: &[&str]) {
@@ -55,14 +28,6 @@ fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
     let t = int(c, &["RESERVE.LOCK", key, holder, ttl]);
     assert!(t >= 1, "LOCK {key} by {holder} was not granted");
     t as u64
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.clone().into_bytes(),
-        other => panic!("not a string: {other:?}"),
-    }
 }
 
 /// Holder, token, acquired-at, renewals, absolute expiry and type of a key.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use redis;
 
 pub mod cluster;
+pub mod cmd;
 pub use cluster::Cluster;
 
 /// How long a server gets to start or a condition to become true.
