@@ -188,7 +188,8 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int)
 // expirations of reservations (the key is already gone by then, so its
 // type cannot be asked).
 
-static LAST_UNLINKED: std::sync::Mutex<Option<QueueKey>> = std::sync::Mutex::new(None);
+/// The last reservation unlinked, and when (unix ms).
+static LAST_UNLINKED: std::sync::Mutex<Option<(QueueKey, i64)>> = std::sync::Mutex::new(None);
 /// Set while LAST_UNLINKED holds a key: lets every other notification
 /// skip the mutex.
 static UNLINK_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -212,21 +213,27 @@ extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
         crate::blocking::check_later_if_waited(&key);
     }
     if let Ok(mut last) = LAST_UNLINKED.try_lock() {
-        *last = Some(key);
+        *last = Some((key, crate::ffi::now_ms()));
         UNLINK_PENDING.store(true, Ordering::Relaxed);
     }
 }
 
 /// Whether `key` is the reservation Redis unlinked just before the
 /// notification being handled. Redis fires `expired` right after the
-/// unlink, with nothing in between, so every notification consumes the
-/// record: a stale one can never match a later, unrelated expiry.
+/// unlink, within the same millisecond or the next. Every notification we
+/// receive consumes the record, and one we do not receive (a `SET` over
+/// the reservation) cannot leave a stale record that matches later: a
+/// value written after the unlink expires two milliseconds later at the
+/// earliest.
 pub fn take_unlinked(key: &QueueKey) -> bool {
     if !UNLINK_PENDING.swap(false, Ordering::Relaxed) {
         return false;
     }
     match LAST_UNLINKED.try_lock() {
-        Ok(mut last) => last.take().as_ref() == Some(key),
+        Ok(mut last) => match last.take() {
+            Some((unlinked, at)) => &unlinked == key && crate::ffi::now_ms() - at <= 1,
+            None => false,
+        },
         Err(_) => false,
     }
 }

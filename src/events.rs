@@ -16,14 +16,13 @@ use crate::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RS
 use crate::notify::{notify, Event};
 use crate::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
 
-/// Every class that can delete a key or change its type.
+/// The classes through which a key can go away or change its expiry: DEL,
+/// UNLINK, RENAME, MOVE, RESTORE, EXPIRE/PERSIST (generic), expiry,
+/// eviction. A value can only become another type after one of these (or
+/// a SET over it, which the data type's unlink callback reports), so the
+/// per-type classes (string, hash, list, ...) are not subscribed: every
+/// plain write on the server would pay for a callback otherwise.
 pub const SUBSCRIBED: c_int = raw::REDISMODULE_NOTIFY_GENERIC
-    | raw::REDISMODULE_NOTIFY_STRING
-    | raw::REDISMODULE_NOTIFY_LIST
-    | raw::REDISMODULE_NOTIFY_SET
-    | raw::REDISMODULE_NOTIFY_HASH
-    | raw::REDISMODULE_NOTIFY_ZSET
-    | raw::REDISMODULE_NOTIFY_STREAM
     | raw::REDISMODULE_NOTIFY_EXPIRED
     | raw::REDISMODULE_NOTIFY_EVICTED;
 
