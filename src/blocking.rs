@@ -257,11 +257,13 @@ extern "C" fn wait_unblocked(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_i
 /// The waiter's connection went away (QUIT, CLIENT KILL, CLIENT UNBLOCK
 /// ERROR, master turned replica): it leaves the queue, never granted.
 ///
-/// Redis also lands here for a `CLIENT UNBLOCK id` that arrives after the
-/// waiter was granted but before its reply went out (same event-loop
-/// turn): Redis then drops the grant's reply, so answer 0 here (the grant
-/// itself is released by `free_reply`). For a real disconnect the reply
-/// is discarded with the client.
+/// Redis also lands here for a waiter that was granted but whose reply has
+/// not gone out yet (a `CLIENT KILL` or `CLIENT UNBLOCK` in the same
+/// event-loop turn as the grant): Redis drops the grant's reply, so a
+/// plain `CLIENT UNBLOCK` is answered 0 here, and the grant is released
+/// right away (handed to the next waiter), inside the command that
+/// orphaned it. For a real disconnect the reply is discarded with the
+/// client.
 extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient) {
     let Some(mut st) = state() else { return };
     let client = BlockedClient(bc);
@@ -274,6 +276,32 @@ extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient
         let id = unsafe { rm!(RedisModule_GetClientId)(ctx) };
         if !crate::events::is_disconnecting(id) && !has_pending_output(ctx, id) {
             reply_integer(ctx, 0);
+        }
+        // Redis clears the handle's client right after this callback, so
+        // the grant's reply will never go out: release it now, inside the
+        // command (or disconnect) that orphaned it, rather than from a
+        // timer that a later command can overtake.
+        // SAFETY: Redis sets the blocked privdata (our Box<WaitReply>,
+        // alive until free_reply) on the disconnect context.
+        let reply =
+            unsafe { rm!(RedisModule_GetBlockedClientPrivateData)(ctx) }.cast::<WaitReply>();
+        // SAFETY: as above; nothing else touches it meanwhile.
+        if let Some(WaitReply::Granted {
+            token,
+            key,
+            holder,
+            delivered,
+            ..
+        }) = unsafe { reply.as_mut() }
+        {
+            *delivered = true; // handled here: free_reply has nothing left to do
+            let orphan = Orphan {
+                key: key.clone(),
+                holder: holder.clone(),
+                token: *token,
+            };
+            drop(st);
+            release_orphan(ctx, orphan);
         }
         return;
     }

@@ -459,7 +459,6 @@ struct Model {
     min_token: u64,
     start_ms: i64,
     op_grants: Vec<Gid>,
-    orphans: Vec<Gid>,
     waiters: Vec<WaiterSlot>,
     next_name: u64,
     op_no: u64,
@@ -723,21 +722,9 @@ impl Model {
     }
 
     /// What the module does right after a command, EXEC or script (its
-    /// 0 ms timer): orphaned grants are released, then every queued key
-    /// that is free goes to its oldest waiter, and the waiters of a key
-    /// that became a hash get WRONGTYPE.
+    /// 0 ms timer): every queued key that is free goes to its oldest
+    /// waiter, and the waiters of a key that became a hash get WRONGTYPE.
     fn settle(&mut self) {
-        for gid in std::mem::take(&mut self.orphans) {
-            let k = self.grants[gid].key;
-            if matches!(self.keys[k].state, KState::Held { gid: g, .. } if g == gid) {
-                self.keys[k].state = KState::Free;
-                self.c.releases += 1;
-                self.count("orphaned grants released");
-                if !self.keys[k].queue.is_empty() {
-                    self.hand_off(k, true);
-                }
-            }
-        }
         for k in 0..self.keys.len() {
             if self.keys[k].queue.is_empty() {
                 continue;
@@ -777,7 +764,8 @@ impl Model {
             self.count("waiters killed or unblocked while queued");
         } else {
             // Granted earlier in this EXEC, reply not sent yet: it never
-            // sees the grant, which the module releases.
+            // sees the grant, which the module releases right there, in
+            // the CLIENT KILL / UNBLOCK itself (the next waiter gets it).
             let Some(Outcome::Granted(gid)) = slot.expect.clone() else {
                 self.fail(format!("kill of waiter {w} in no killable state"));
             };
@@ -788,8 +776,16 @@ impl Model {
                 _ => Outcome::Error(UNBLOCKED.into()),
             });
             self.grants[gid].orphaned = true;
-            self.orphans.push(gid);
             self.count("waiters killed or unblocked in the EXEC that granted them");
+            let k = self.grants[gid].key;
+            if matches!(self.keys[k].state, KState::Held { gid: g, .. } if g == gid) {
+                self.keys[k].state = KState::Free;
+                self.c.releases += 1;
+                self.count("orphaned grants released");
+                if !self.keys[k].queue.is_empty() {
+                    self.hand_off(k, false);
+                }
+            }
         }
     }
 
@@ -1991,7 +1987,6 @@ fn random_commands_agree_with_the_model() {
         min_token: ((start_ms / 1000) as u64) << 20,
         start_ms,
         op_grants: Vec::new(),
-        orphans: Vec::new(),
         waiters: Vec::new(),
         next_name: 0,
         op_no: 0,
