@@ -1527,6 +1527,12 @@ impl Run<'_> {
 
     fn kill_argv(&mut self, w: usize) -> (Vec<Vec<u8>>, &'static str) {
         let id = self.m.waiters[w].id.to_string();
+        // On Valkey a CLIENT UNBLOCK that races a grant in the same EXEC
+        // lets the waiter keep the key (Redis 7.0 drops the grant): only
+        // CLIENT KILL behaves the same on both, so Valkey runs use it.
+        if on_valkey() {
+            return (argv(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]), "KILL");
+        }
         match self.rng.gen_range(0..3) {
             0 => (argv(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]), "KILL"),
             1 => (argv(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]), "UNBLOCK"),
@@ -1647,15 +1653,7 @@ impl Run<'_> {
             cmds.push(argv(&[b"RESERVE.INFO", name]));
             exps.push(self.m.info(k));
         }
-        // Valkey answers a CLIENT UNBLOCK that races a grant with the
-        // grant itself (the waiter keeps the key); Redis 7.0 drops the
-        // grant's reply. Only CLIENT KILL behaves the same on both.
-        let (a, how) = if on_valkey() {
-            let id = self.m.waiters[head].id.to_string();
-            (argv(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]), "KILL")
-        } else {
-            self.kill_argv(head)
-        };
+        let (a, how) = self.kill_argv(head);
         self.m.kill(head, how);
         cmds.push(a);
         exps.push(Exp::Int(1));
