@@ -60,6 +60,25 @@ impl OldWorker {
     }
 }
 
+/// `RESERVE.WAIT key holder 30 0` from its own connection and thread; the
+/// handle yields the token.
+fn spawn_wait(
+    server: &Server,
+    key: &'static str,
+    holder: &'static str,
+) -> std::thread::JoinHandle<u64> {
+    let mut c = server.conn();
+    std::thread::spawn(move || {
+        redis::cmd("RESERVE.WAIT")
+            .arg(key)
+            .arg(holder)
+            .arg(30)
+            .arg(0)
+            .query::<u64>(&mut c)
+            .expect("WAIT")
+    })
+}
+
 fn lock(c: &mut redis::Connection, key: &str, holder: &str, ttl: &str) -> u64 {
     redis::cmd("RESERVE.LOCK")
         .arg(key)
@@ -101,17 +120,7 @@ fn an_old_workers_lock_keeps_module_workers_out_until_it_releases() {
     );
 
     // A module worker waits; the old worker's DEL hands the key over.
-    let url = server.url();
-    let waiter = std::thread::spawn(move || {
-        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-        redis::cmd("RESERVE.WAIT")
-            .arg(key)
-            .arg("new-worker")
-            .arg(30)
-            .arg(0)
-            .query::<u64>(&mut c)
-            .expect("WAIT")
-    });
+    let waiter = spawn_wait(&server, key, "new-worker");
     wait_until(DEADLINE, "the module worker queued", || {
         let info: Vec<redis::Value> = redis::cmd("RESERVE.INFO").arg(key).query(&mut new).unwrap();
         info.get(11) == Some(&redis::Value::Int(1))
@@ -158,17 +167,7 @@ fn an_expired_old_lock_goes_to_the_module_waiter() {
     let mut old = OldWorker::new(&server, "host3-worker-1");
     let key = "reservation-expiring";
     assert!(old.lock(key, 1));
-    let url = server.url();
-    let waiter = std::thread::spawn(move || {
-        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-        redis::cmd("RESERVE.WAIT")
-            .arg(key)
-            .arg("new-worker")
-            .arg(30)
-            .arg(0)
-            .query::<u64>(&mut c)
-            .expect("WAIT")
-    });
+    let waiter = spawn_wait(&server, key, "new-worker");
     // Nobody touches the key: the old lock's expiry alone grants it.
     let token = waiter.join().expect("waiter thread");
     assert!(token > 0);
