@@ -25,56 +25,13 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
+use testkit::cmd::{int, q, Reply};
 use testkit::redis::{self, Connection, Value};
-use testkit::{error_text, reservation_info, wait_until, Cluster, Server, DEADLINE};
+use testkit::{reservation_info, wait_until, Cluster, Server, DEADLINE};
 
 const SLOTS: usize = 16384;
 
 // ----- helpers -----
-
-/// One reply, normalised so tests can compare exact values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Int(i64),
-    Status(String),
-    Value(String),
-    /// An error reply: its full text, e.g. `ASK 5 127.0.0.1:7002`.
-    Error(String),
-    /// The connection broke before a reply.
-    Closed(String),
-}
-
-fn to_reply(r: redis::RedisResult<Value>) -> Reply {
-    match r {
-        Ok(Value::Int(n)) => Reply::Int(n),
-        Ok(Value::Okay) => Reply::Status("OK".into()),
-        Ok(Value::SimpleString(s)) => Reply::Status(s),
-        Ok(v) => Reply::Value(format!("{v:?}")),
-        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
-            Reply::Closed(e.to_string())
-        }
-        Err(e) => Reply::Error(error_text(&e)),
-    }
-}
-
-fn command(args: &[&str]) -> redis::Cmd {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd
-}
-
-fn q(c: &mut Connection, args: &[&str]) -> Reply {
-    to_reply(command(args).query::<Value>(c))
-}
-
-fn int(c: &mut Connection, args: &[&str]) -> i64 {
-    match q(c, args) {
-        Reply::Int(n) => n,
-        other => panic!("{args:?}: expected an integer, got {other:?}"),
-    }
-}
 
 fn ok(c: &mut Connection, args: &[&str]) {
     assert_eq!(q(c, args), Reply::Status("OK".into()), "{args:?}");

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testkit::cmd::{command, int, q, to_reply, Reply};
 use testkit::redis::{self, Connection, Value};
-use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
+use testkit::{reservation_info, wait_until, Config, Server, DEADLINE};
 
 // ----- configuration -----
 
@@ -78,53 +79,6 @@ fn now_ms() -> i64 {
 /// A ttl in milliseconds as the plain decimal seconds the commands take.
 fn secs(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
-}
-
-fn command(args: &[&str]) -> redis::Cmd {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd
-}
-
-/// One reply, normalised.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Int(i64),
-    /// A status reply such as `OK`.
-    Status(String),
-    /// Any other value, as debug text.
-    Value(String),
-    /// An error reply, full text (`UNBLOCKED ...`, `READONLY ...`).
-    Error(String),
-    /// No reply: the connection broke (the server died, closed it, or
-    /// the read timed out).
-    Closed(String),
-}
-
-fn to_reply(r: redis::RedisResult<Value>) -> Reply {
-    match r {
-        Ok(Value::Int(n)) => Reply::Int(n),
-        Ok(Value::Okay) => Reply::Status("OK".into()),
-        Ok(Value::SimpleString(s)) => Reply::Status(s),
-        Ok(v) => Reply::Value(format!("{v:?}")),
-        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
-            Reply::Closed(e.to_string())
-        }
-        Err(e) => Reply::Error(error_text(&e)),
-    }
-}
-
-fn q(c: &mut Connection, args: &[&str]) -> Reply {
-    to_reply(command(args).query::<Value>(c))
-}
-
-fn int(c: &mut Connection, args: &[&str]) -> i64 {
-    match q(c, args) {
-        Reply::Int(n) => n,
-        other => panic!("{args:?}: expected an integer, got {other:?}"),
-    }
 }
 
 fn text(v: &Value) -> String {

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::Duration;
 
 use testkit::redis::{self, Connection, Value};
-use testkit::{client_id, reservation_info, wait_until, Config, Server, DEADLINE};
+use testkit::{client_id, error_text, reservation_info, wait_until, Config, Server, DEADLINE};
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
@@ -45,14 +45,6 @@ impl Reply {
             Reply::Int(t) if *t >= 1 => *t as u64,
             other => panic!("expected a fencing token (integer >= 1), got {other:?}"),
         }
-    }
-}
-
-fn error_text(e: &redis::RedisError) -> String {
-    match (e.code(), e.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        (Some(code), None) => code.to_string(),
-        _ => e.to_string(),
     }
 }
 

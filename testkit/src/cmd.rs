@@ -45,3 +45,47 @@ pub fn bytes(v: &Value) -> Vec<u8> {
         other => panic!("not a string: {other:?}"),
     }
 }
+
+/// One reply, normalised so tests can compare exact values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Int(i64),
+    /// A status reply such as `OK`.
+    Status(String),
+    /// Any other value, as debug text.
+    Value(String),
+    /// An error reply, its full text (`ASK 5 127.0.0.1:7002`,
+    /// `UNBLOCKED ...`).
+    Error(String),
+    /// No reply: the connection broke (the server died, closed it, or the
+    /// read timed out).
+    Closed(String),
+}
+
+/// Normalises a command's outcome into a [`Reply`].
+pub fn to_reply(r: redis::RedisResult<Value>) -> Reply {
+    match r {
+        Ok(Value::Int(n)) => Reply::Int(n),
+        Ok(Value::Okay) => Reply::Status("OK".into()),
+        Ok(Value::SimpleString(s)) => Reply::Status(s),
+        Ok(v) => Reply::Value(format!("{v:?}")),
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
+            Reply::Closed(e.to_string())
+        }
+        Err(e) => Reply::Error(error_text(&e)),
+    }
+}
+
+/// A command from text arguments (command name first).
+pub fn command(args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+/// Runs one command and normalises its reply.
+pub fn q(c: &mut Connection, args: &[&str]) -> Reply {
+    to_reply(command(args).query::<Value>(c))
+}
