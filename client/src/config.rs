@@ -115,6 +115,42 @@ impl Settings {
     /// Delay before reconnect attempt `n` (1-based): 50 ms doubling up to
     /// `max_backoff`, with up to 25 % jitter so a crowd of waiters does not
     /// reconnect in lock step.
+    /// After a failed connect or a dropped WAIT: counts the failure and
+    /// returns how long to back off before waiting again, or the error to
+    /// give up with (permanent error, attempts used up, deadline passed).
+    /// Shared by the blocking and the async managers.
+    pub(crate) fn wait_retry_delay(
+        &self,
+        key: &str,
+        err: redis::RedisError,
+        failures: &mut u32,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Duration, Error> {
+        let s = self;
+        if !crate::error::is_transient(&err) {
+            return Err(Error::from_redis(err));
+        }
+        *failures += 1;
+        let remaining = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        if *failures > s.reconnect_attempts || remaining.is_some_and(|r| r.is_zero()) {
+            s.log(
+                Level::Error,
+                &format!("giving up waiting for {key} after {failures} failed attempts: {err}"),
+            );
+            return Err(Error::from_redis(err));
+        }
+        let delay = s.backoff(*failures);
+        let delay = remaining.map_or(delay, |r| delay.min(r));
+        s.log(
+            Level::Warn,
+            &format!(
+                "waiting for {key}: {err}; reconnecting in {delay:?} (attempt {failures} of {})",
+                s.reconnect_attempts
+            ),
+        );
+        Ok(delay)
+    }
+
     pub(crate) fn backoff(&self, n: u32) -> Duration {
         let base = Duration::from_millis(50)
             .saturating_mul(1u32 << n.saturating_sub(1).min(16))

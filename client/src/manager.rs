@@ -303,28 +303,10 @@ impl ReservationManager {
         failures: &mut u32,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        let s = &self.inner.settings;
-        if !is_transient(&err) {
-            return Err(Error::from_redis(err));
-        }
-        *failures += 1;
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if *failures > s.reconnect_attempts || remaining.is_some_and(|r| r.is_zero()) {
-            s.log(
-                Level::Error,
-                &format!("giving up waiting for {key} after {failures} failed attempts: {err}"),
-            );
-            return Err(Error::from_redis(err));
-        }
-        let delay = s.backoff(*failures);
-        let delay = remaining.map_or(delay, |r| delay.min(r));
-        s.log(
-            Level::Warn,
-            &format!(
-                "waiting for {key}: {err}; reconnecting in {delay:?} (attempt {failures} of {})",
-                s.reconnect_attempts
-            ),
-        );
+        let delay = self
+            .inner
+            .settings
+            .wait_retry_delay(key, err, failures, deadline)?;
         std::thread::sleep(delay);
         Ok(())
     }
