@@ -12,6 +12,12 @@ use std::fmt;
 /// `now + timeout` from overflowing.
 pub const MAX_TIMEOUT_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
+/// The hard bound on a holder's length (the most `max-holder-len` can be
+/// set to). Commands that only name an existing holder (RENEW, RELEASE) and
+/// loaded values check this, not the current setting: lowering the setting
+/// must not strand a holder that was accepted before.
+pub const HOLDER_LEN_CAP: usize = 1 << 20;
+
 /// What a client got wrong. The reply text lives in `errors.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgError {
@@ -117,13 +123,26 @@ pub fn parse_token(input: &[u8]) -> Result<u64, ArgError> {
 }
 
 /// The optional `TOKEN t` tail of RENEW and RELEASE. `rest` is whatever
-/// follows the fixed arguments.
+/// follows the fixed arguments; anything but nothing or one `TOKEN t` (a
+/// missing value, a repeat, an unknown word) is a syntax error, as for
+/// Redis's own options.
 pub fn parse_token_option(rest: &[&[u8]]) -> Result<Option<u64>, ArgError> {
     match rest {
         [] => Ok(None),
         [name, value] if name.eq_ignore_ascii_case(b"TOKEN") => parse_token(value).map(Some),
-        [_, _] => Err(ArgError::Syntax),
-        _ => Err(ArgError::WrongArity),
+        _ => Err(ArgError::Syntax),
+    }
+}
+
+/// A token from a trusted source (the replication stream or the AOF):
+/// still refused outside 1..=2^53-1, so a forged or corrupt value can
+/// neither be adopted nor exhaust the counter.
+pub fn parse_stored_token(input: &[u8]) -> Result<u64, ArgError> {
+    let token = parse_token(input)?;
+    if crate::reservation::is_valid_token(token) {
+        Ok(token)
+    } else {
+        Err(ArgError::Token)
     }
 }
 
@@ -172,13 +191,17 @@ pub struct Limits {
 // it over. Redis has already checked the declared arity; the variable-arity
 // commands check the rest here.
 
+// LOCK and WAIT may create a new holder, whose length the caller checks
+// against `Limits::max_holder_len` unless it is a re-acquire; here only the
+// hard cap applies.
+
 pub fn parse_lock<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<LockArgs<'a>, ArgError> {
     let [_, key, holder, ttl] = argv else {
         return Err(ArgError::WrongArity);
     };
     Ok(LockArgs {
         key,
-        holder: parse_holder(holder, limits.max_holder_len)?,
+        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
         ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
     })
 }
@@ -190,20 +213,20 @@ pub fn parse_renew<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<RenewArgs<'a
     let token = parse_token_option(rest)?;
     Ok(RenewArgs {
         key,
-        holder: parse_holder(holder, limits.max_holder_len)?,
+        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
         ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
         token,
     })
 }
 
-pub fn parse_release<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<ReleaseArgs<'a>, ArgError> {
+pub fn parse_release<'a>(argv: &[&'a [u8]]) -> Result<ReleaseArgs<'a>, ArgError> {
     let [_, key, holder, rest @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
     let token = parse_token_option(rest)?;
     Ok(ReleaseArgs {
         key,
-        holder: parse_holder(holder, limits.max_holder_len)?,
+        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
         token,
     })
 }
@@ -214,7 +237,7 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
     };
     Ok(WaitArgs {
         key,
-        holder: parse_holder(holder, limits.max_holder_len)?,
+        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
         ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
         timeout_ms: parse_timeout(timeout)?,
     })
@@ -239,7 +262,7 @@ pub fn parse_token_floor(argv: &[&[u8]]) -> Result<u64, ArgError> {
     let [_, token] = argv else {
         return Err(ArgError::WrongArity);
     };
-    parse_token(token)
+    parse_stored_token(token)
 }
 
 fn parse_i64(input: &[u8]) -> Option<i64> {
@@ -250,16 +273,15 @@ pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgErr
     let [_, key, holder, token, acquired, renewals, expire] = argv else {
         return Err(ArgError::WrongArity);
     };
-    // Replicated state is trusted for content but still bounded in shape:
-    // a holder as long as the master accepted, never empty.
-    if holder.is_empty() {
-        return Err(ArgError::Holder);
-    }
-    let token = parse_token(token)?;
+    // Replicated state is bounded like a loaded value: a holder its holder
+    // can renew and release, a token in range, a count the value can keep.
+    let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
+    let token = parse_stored_token(token)?;
     let acquired_at_ms = parse_i64(acquired).ok_or(ArgError::Syntax)?;
     let renewals = std::str::from_utf8(renewals)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&n| n <= crate::reservation::MAX_RENEWALS)
         .ok_or(ArgError::Syntax)?;
     let expire_at_ms = match parse_i64(expire).ok_or(ArgError::Syntax)? {
         0 => None,
@@ -379,10 +401,48 @@ mod tests {
             parse_token_option(&[b"TOKENS", b"7"]),
             Err(ArgError::Syntax)
         );
-        assert_eq!(parse_token_option(&[b"TOKEN"]), Err(ArgError::WrongArity));
+        for tail in [
+            &[&b"TOKEN"[..]][..],
+            &[b"TOKEN", b"1", b"x"],
+            &[b"TOKEN", b"1", b"TOKEN", b"1"],
+            &[b"TOKEN", b"1", b"TOKEN"],
+        ] {
+            assert_eq!(parse_token_option(tail), Err(ArgError::Syntax), "{tail:?}");
+        }
+    }
+
+    #[test]
+    fn stored_tokens_stay_in_the_safe_integer_range() {
+        assert_eq!(parse_stored_token(b"9007199254740991"), Ok((1 << 53) - 1));
+        for forged in [
+            &b"9007199254740992"[..],
+            b"4611686018427387904",
+            b"9223372036854775808",
+            b"18446744073709551614",
+            b"0",
+        ] {
+            assert_eq!(parse_stored_token(forged), Err(ArgError::Token));
+        }
         assert_eq!(
-            parse_token_option(&[b"TOKEN", b"1", b"x"]),
-            Err(ArgError::WrongArity)
+            parse_token_floor(&[b"X", b"9223372036854775808"]),
+            Err(ArgError::Token)
+        );
+    }
+
+    #[test]
+    fn holders_are_capped_at_the_hard_limit_not_the_setting() {
+        let long = vec![b'h'; LIMITS.max_holder_len + 1];
+        let renew = parse_renew(&[b"R", b"k", &long, b"5"], LIMITS).unwrap();
+        assert_eq!(renew.holder.len(), long.len());
+        assert!(parse_release(&[b"R", b"k", &long]).is_ok());
+        let over_cap = vec![b'h'; HOLDER_LEN_CAP + 1];
+        assert_eq!(
+            parse_release(&[b"R", b"k", &over_cap]).unwrap_err(),
+            ArgError::Holder
+        );
+        assert_eq!(
+            parse_lock(&[b"L", b"k", &over_cap, b"5"], LIMITS).unwrap_err(),
+            ArgError::Holder
         );
     }
 
@@ -404,7 +464,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(renew.token, Some(9));
-        let release = parse_release(&[b"RESERVE.RELEASE", b"job", b"w"], LIMITS).unwrap();
+        let release = parse_release(&[b"RESERVE.RELEASE", b"job", b"w"]).unwrap();
         assert_eq!(release.token, None);
         let wait = parse_wait(&[b"RESERVE.WAIT", b"job", b"w", b"5", b"0"], LIMITS).unwrap();
         assert_eq!(wait.timeout_ms, None);
@@ -424,6 +484,15 @@ mod tests {
         assert!(parse_set_state(&[b"X", b"k", b"h", b"5", b"1000", b"2", b"-3"]).is_err());
         assert!(parse_set_state(&[b"X", b"k", b"", b"5", b"1000", b"2", b"1"]).is_err());
         assert!(parse_set_state(&[b"X", b"k", b"h", b"0", b"1000", b"2", b"1"]).is_err());
+        // Out of range: a token past 2^53-1, a renewal count the value
+        // cannot keep, a holder past the hard cap.
+        assert!(
+            parse_set_state(&[b"X", b"k", b"h", b"9223372036854775808", b"1", b"2", b"1"]).is_err()
+        );
+        assert!(parse_set_state(&[b"X", b"k", b"h", b"5", b"1", b"4294967296", b"1"]).is_err());
+        assert!(parse_set_state(&[b"X", b"k", b"h", b"5", b"1", b"4294967295", b"1"]).is_ok());
+        let over_cap = vec![b'h'; HOLDER_LEN_CAP + 1];
+        assert!(parse_set_state(&[b"X", b"k", &over_cap, b"5", b"1", b"2", b"1"]).is_err());
     }
 
     fn arg() -> impl Strategy<Value = Vec<u8>> {
@@ -446,17 +515,19 @@ mod tests {
             let argv: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             if let Ok(a) = parse_lock(&argv, LIMITS) {
                 prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
-                prop_assert!(!a.holder.is_empty() && a.holder.len() <= LIMITS.max_holder_len);
+                prop_assert!(!a.holder.is_empty() && a.holder.len() <= HOLDER_LEN_CAP);
             }
             if let Ok(a) = parse_renew(&argv, LIMITS) {
                 prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
                 prop_assert!(a.token != Some(0));
             }
-            let _ = parse_release(&argv, LIMITS);
+            let _ = parse_release(&argv);
             if let Ok(a) = parse_wait(&argv, LIMITS) {
                 prop_assert!(a.timeout_ms.is_none_or(|t| t > 0 && t <= MAX_TIMEOUT_MS));
             }
-            let _ = parse_set_state(&argv);
+            if let Ok(a) = parse_set_state(&argv) {
+                prop_assert!(crate::reservation::is_valid_token(a.token));
+            }
         }
 
         /// Plain decimals parse to exactly what they say (ms, rounded up).

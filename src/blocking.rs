@@ -65,16 +65,37 @@ pub fn replicate_state(ctx: Ctx, key: &[u8], r: ReservationRef<'_>, expire_at_ms
     };
 }
 
-/// Creates a reservation for `holder` on an empty key with a new token.
-pub fn grant(ctx: Ctx, key: &OpenKey, name: &[u8], holder: &[u8], ttl_ms: u64, now: i64) -> u64 {
-    let token = issue_token(now);
+/// A new fencing token, or the exhausted-counter error (logged: it needs an
+/// operator, and no grant may ever reuse or saturate a token).
+pub fn new_token(ctx: Ctx, now: i64) -> Result<u64, &'static str> {
+    issue_token(now).map_err(|_| {
+        ffi::log_warning(
+            ctx,
+            "reservation: the fencing token counter is at its ceiling (2^53-1): \
+             no grant can get a new token. A token that high was loaded from an \
+             RDB, a RESTORE payload or a master.",
+        );
+        errors::TOKENS_EXHAUSTED
+    })
+}
+
+/// Creates a reservation for `holder` on an empty key with `token` (fresh
+/// from `new_token`).
+pub fn grant(
+    ctx: Ctx,
+    key: &OpenKey,
+    name: &[u8],
+    holder: &[u8],
+    ttl_ms: u64,
+    token: u64,
+    now: i64,
+) {
     let r = Reservation::new(holder, token, now);
     let expire_at = now.saturating_add(ttl_ms as i64);
     replicate_state(ctx, name, r.view(), expire_at);
     key.set_reservation(r);
     key.set_abs_expire(expire_at);
     bump(&STATS.grants);
-    token
 }
 
 // ----- handoff -----
@@ -88,9 +109,14 @@ pub fn hand_off(
     qk: &QueueKey,
     now: i64,
 ) -> Option<u64> {
+    if st.waiters.len(qk) == 0 {
+        return None;
+    }
+    // Waiters stay queued when no token can be had.
+    let token = new_token(ctx, now).ok()?;
     let removed = st.waiters.pop_front(qk)?;
     let waiter = removed.value;
-    let token = grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, now);
+    grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, token, now);
     bump(&STATS.handoffs);
     notify_bytes(ctx, Event::Grant, &qk.key);
     forget_waiter(ctx, st, &waiter);

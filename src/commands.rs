@@ -49,19 +49,25 @@ impl From<&'static str> for Failure {
 
 type Handler = fn(Ctx, &[&[u8]], &[RString]) -> Result<(), Failure>;
 
-/// The most arguments any command takes (RESERVE.SETSTATE: 7).
-const MAX_ARGS: usize = 7;
+/// Arguments converted on the stack; a longer command (a repeated option,
+/// say) takes one allocation and gets the handler's own error, not an
+/// arity error.
+const INLINE_ARGS: usize = 8;
 
 /// Runs one handler: argv to byte slices, panics caught, errors replied.
 pub fn run(ctx: Ctx, argv: *mut RString, argc: c_int, handler: Handler) -> c_int {
     let argc = usize::try_from(argc).unwrap_or(0);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        if argv.is_null() || argc > MAX_ARGS {
+        if argv.is_null() {
             return Err(Failure::Arity);
         }
         // SAFETY: Redis passes `argc` valid string pointers in `argv`.
         let raw_args = unsafe { std::slice::from_raw_parts(argv, argc) };
-        let mut bytes: [&[u8]; MAX_ARGS] = [&[]; MAX_ARGS];
+        if argc > INLINE_ARGS {
+            let bytes: Vec<&[u8]> = raw_args.iter().map(|s| ffi::string_bytes(*s)).collect();
+            return handler(ctx, &bytes, raw_args);
+        }
+        let mut bytes: [&[u8]; INLINE_ARGS] = [&[]; INLINE_ARGS];
         for (slot, s) in bytes.iter_mut().zip(raw_args) {
             *slot = ffi::string_bytes(*s);
         }
@@ -94,6 +100,17 @@ fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
     })
 }
 
+/// Replicas never grant, renew or release on their own (only what their
+/// master propagates), even with `replica-read-only no`.
+fn refuse_on_replica(ctx: Ctx) -> Result<(), Failure> {
+    let flags = context_flags(ctx);
+    let from_master = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
+    if flags & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 && flags & from_master == 0 {
+        return Err(errors::READONLY.into());
+    }
+    Ok(())
+}
+
 fn module_state() -> Result<std::sync::MutexGuard<'static, ModuleState>, Failure> {
     state().ok_or(Failure::Message(errors::STATE_BUSY))
 }
@@ -118,6 +135,7 @@ enum OnHeld {
 /// 0 when held. O(1).
 pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_lock(argv, config::limits())?;
+    refuse_on_replica(ctx)?;
     acquire(ctx, raw_args[1], a.key, a.holder, a.ttl_ms, OnHeld::Answer0)
 }
 
@@ -126,6 +144,7 @@ pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
 /// functions it behaves exactly like LOCK.
 pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_wait(argv, config::limits())?;
+    refuse_on_replica(ctx)?;
     let may_block = context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING == 0;
     let on_held = if may_block {
         OnHeld::Block {
@@ -150,9 +169,18 @@ fn acquire(
     let cur = current(&key)?;
     let mut st = module_state()?;
     let queued = waiters_on(ctx, &st, key_name);
-    match decide_lock(cur, holder, queued.is_some()) {
+    let decision = decide_lock(cur, holder, queued.is_some());
+    // The setting bounds new holders only: one accepted before it was
+    // lowered still re-acquires.
+    if !matches!(decision, LockDecision::Reacquire { .. })
+        && holder.len() > config::limits().max_holder_len
+    {
+        return Err(errors::INVALID_HOLDER.into());
+    }
+    match decision {
         LockDecision::Grant => {
-            let token = grant(ctx, &key, key_name, holder, ttl_ms, now);
+            let token = blocking::new_token(ctx, now)?;
+            grant(ctx, &key, key_name, holder, ttl_ms, token, now);
             notify(ctx, Event::Lock, name);
             reply_integer(ctx, token as i64);
             return Ok(());
@@ -206,6 +234,7 @@ fn acquire(
 /// its token is `t`): expiry := now + ttl, renewals += 1; else 0. O(1).
 pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_renew(argv, config::limits())?;
+    refuse_on_replica(ctx)?;
     let key = OpenKey::write(ctx, raw_args[1]);
     let now = now_ms();
     let expire_at = now.saturating_add(a.ttl_ms as i64);
@@ -247,7 +276,8 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
 /// its token is `t`): released and handed to the oldest waiter in the same
 /// step; else 0 and nothing changes. O(1) whatever the queue length.
 pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
-    let a = args::parse_release(argv, config::limits())?;
+    let a = args::parse_release(argv)?;
+    refuse_on_replica(ctx)?;
     let key = OpenKey::write(ctx, raw_args[1]);
     if decide_owner(current(&key)?, a.holder, a.token) == OwnerDecision::NotOwner {
         bump(&STATS.release_failures);

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
-use crate::ffi::{rm, string_bytes, RString};
-use crate::reservation::{Reservation, ReservationRef};
+use crate::args::HOLDER_LEN_CAP;
+use crate::ffi::{log_io_warning, rm, string_bytes, RString};
+use crate::reservation::{is_valid_token, Reservation, ReservationRef, MAX_RENEWALS};
 use crate::state::{last_token, observe_token, QueueKey};
 
 pub const TYPE_NAME: &str = "rsrv-lock";
@@ -59,24 +60,52 @@ pub static RESERVATION_TYPE: RedisType = RedisType::new(
     },
 );
 
+/// Loads one value from an RDB file, a `RESTORE` payload or a `MIGRATE`.
+/// A null answer makes Redis refuse it ("Bad data format" for a payload,
+/// a failed load for a file): out-of-range values are refused, never
+/// adopted, because one forged token would exhaust the counter for every
+/// key and a holder outside the limits could never renew or release.
 extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
     if encver != ENCODING_VERSION {
         return std::ptr::null_mut();
     }
-    load_v1(rdb).map_or(std::ptr::null_mut(), |r| {
-        observe_token(r.token());
-        count_created();
-        r.into_raw()
-    })
+    match load_v1(rdb) {
+        Ok(r) => {
+            observe_token(r.token());
+            count_created();
+            r.into_raw()
+        }
+        Err(Refused::Truncated) => std::ptr::null_mut(),
+        Err(Refused::OutOfRange(what)) => {
+            log_io_warning(rdb, &format!("reservation: refused a stored value: {what}"));
+            std::ptr::null_mut()
+        }
+    }
 }
 
-fn load_v1(rdb: *mut raw::RedisModuleIO) -> Option<Reservation> {
-    let holder = raw::load_string_buffer(rdb).ok()?;
-    let token = raw::load_unsigned(rdb).ok()?;
-    let acquired_at_ms = raw::load_signed(rdb).ok()?;
-    let renewals = raw::load_unsigned(rdb).ok()?;
-    Some(Reservation::with_renewals(
-        holder.as_ref(),
+enum Refused {
+    /// Redis's own I/O error (truncated or corrupt): Redis reports it.
+    Truncated,
+    OutOfRange(&'static str),
+}
+
+fn load_v1(rdb: *mut raw::RedisModuleIO) -> Result<Reservation, Refused> {
+    let holder = raw::load_string_buffer(rdb).map_err(|_| Refused::Truncated)?;
+    let token = raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)?;
+    let acquired_at_ms = raw::load_signed(rdb).map_err(|_| Refused::Truncated)?;
+    let renewals = raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)?;
+    let holder = holder.as_ref();
+    if holder.is_empty() || holder.len() > HOLDER_LEN_CAP {
+        return Err(Refused::OutOfRange("holder empty or longer than 1 MiB"));
+    }
+    if !is_valid_token(token) {
+        return Err(Refused::OutOfRange("token outside 1..2^53-1"));
+    }
+    if renewals > MAX_RENEWALS {
+        return Err(Refused::OutOfRange("renewal count above 2^32-1"));
+    }
+    Ok(Reservation::with_renewals(
+        holder,
         token,
         acquired_at_ms,
         renewals,
@@ -172,9 +201,17 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int)
         return raw::REDISMODULE_ERR as c_int;
     }
     match raw::load_unsigned(rdb) {
-        Ok(token) => {
+        // 0: no token issued yet.
+        Ok(token) if token == 0 || is_valid_token(token) => {
             observe_token(token);
             raw::REDISMODULE_OK as c_int
+        }
+        Ok(_) => {
+            log_io_warning(
+                rdb,
+                "reservation: refused the RDB's token counter: outside 0..2^53-1",
+            );
+            raw::REDISMODULE_ERR as c_int
         }
         Err(_) => raw::REDISMODULE_ERR as c_int,
     }

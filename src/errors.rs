@@ -13,6 +13,10 @@ pub const SYNTAX: &str = "ERR syntax error";
 pub const WRONG_ARITY: &str = "ERR wrong number of arguments";
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const TOO_MANY_WAITERS: &str = "ERR too many waiters";
+pub const TOKENS_EXHAUSTED: &str =
+    "ERR fencing token counter exhausted (2^53-1 reached; see the server log)";
+/// Redis's own text for a write sent to a replica.
+pub const READONLY: &str = "READONLY You can't write against a read only replica.";
 pub const INTERNAL_ONLY: &str =
     "ERR RESERVE.SETSTATE is internal: only replication and AOF loading may send it";
 pub const INTERNAL_ONLY_TOKENFLOOR: &str =

@@ -347,10 +347,33 @@ pub fn log_warning(ctx: Ctx, msg: &str) {
     log(ctx, c"warning", msg);
 }
 
-fn log(ctx: Ctx, level: &CStr, msg: &str) {
-    let clean: Vec<u8> = msg.bytes().filter(|&b| b != 0 && b != b'%').collect();
-    let mut text = clean;
+/// Logs from a data type callback, which has an RDB I/O handle instead of
+/// a context.
+pub fn log_io_warning(io: *mut raw::RedisModuleIO, msg: &str) {
+    let text = log_text(msg);
+    if let Ok(text) = CStr::from_bytes_with_nul(&text) {
+        // SAFETY: io is the handle Redis passed to the callback; "%s" with
+        // a NUL-terminated string.
+        unsafe {
+            rm!(RedisModule_LogIOError)(
+                io,
+                c"warning".as_ptr(),
+                c"%s".as_ptr(),
+                text.as_ptr() as *const c_char,
+            )
+        };
+    }
+}
+
+/// `msg` as a NUL-terminated C string with no NUL or `%` inside.
+fn log_text(msg: &str) -> Vec<u8> {
+    let mut text: Vec<u8> = msg.bytes().filter(|&b| b != 0 && b != b'%').collect();
     text.push(0);
+    text
+}
+
+fn log(ctx: Ctx, level: &CStr, msg: &str) {
+    let text = log_text(msg);
     if let Ok(text) = CStr::from_bytes_with_nul(&text) {
         // SAFETY: "%s" with a NUL-terminated string; ctx may be null (the
         // log then names no module), which Redis accepts.

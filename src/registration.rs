@@ -213,6 +213,7 @@ fn check_api() -> Result<(), String> {
         RedisModule_KeyType,
         RedisModule_LoadConfigs,
         RedisModule_Log,
+        RedisModule_LogIOError,
         RedisModule_Milliseconds,
         RedisModule_ModuleTypeGetType,
         RedisModule_ModuleTypeGetValue,

@@ -16,26 +16,28 @@ use std::sync::{LazyLock, Mutex, MutexGuard, TryLockError};
 
 use redis_module::raw;
 
-use crate::reservation::TokenIssuer;
+use crate::reservation::{TokenIssuer, TokensExhausted, MAX_TOKEN};
 use crate::waitqueue::{WaitQueues, WaiterId};
 
 // ----- fencing tokens -----
 
 static LAST_TOKEN: AtomicU64 = AtomicU64::new(0);
 
-/// A new fencing token at wall-clock time `now_ms` (main thread only).
-pub fn issue_token(now_ms: i64) -> u64 {
+/// A new fencing token at wall-clock time `now_ms` (main thread only), or
+/// `TokensExhausted` once the counter is at its ceiling.
+pub fn issue_token(now_ms: i64) -> Result<u64, TokensExhausted> {
     let mut issuer = TokenIssuer::default();
     issuer.observe(LAST_TOKEN.load(Ordering::Relaxed));
-    let token = issuer.issue(now_ms);
-    LAST_TOKEN.store(issuer.last(), Ordering::Relaxed);
-    token
+    let token = issuer.issue(now_ms)?;
+    LAST_TOKEN.store(token, Ordering::Relaxed);
+    Ok(token)
 }
 
 /// Raise the counter to a token seen in an RDB, AOF, replication stream or
-/// `RESTORE` payload.
+/// `RESTORE` payload. Callers refuse tokens outside the valid range first;
+/// the clamp keeps the counter inside it whatever happens.
 pub fn observe_token(token: u64) {
-    LAST_TOKEN.fetch_max(token, Ordering::Relaxed);
+    LAST_TOKEN.fetch_max(token.min(MAX_TOKEN), Ordering::Relaxed);
 }
 
 pub fn last_token() -> u64 {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
 use testkit::cmd::{int, q, Reply};
+use testkit::dump::forge_token;
 use testkit::redis::{self, Connection, Value};
 use testkit::{reservation_info, wait_until, Cluster, Server, DEADLINE};
 
@@ -484,42 +485,6 @@ fn every_slot_takes_a_reservation_through_a_cluster_client_and_redis_cli() {
 }
 
 // ----- slot migration -----
-
-/// Works a DUMP payload's token over (see tests/persistence.rs): Redis's
-/// CRC-64 (Jones, reflected) closes every payload.
-fn crc64(data: &[u8]) -> u64 {
-    const POLY: u64 = 0x95ac_9329_ac4b_c9b5;
-    let mut crc = 0u64;
-    for &byte in data {
-        crc ^= u64::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ POLY
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-/// Replaces the token inside a DUMP payload (module encoding: UINT opcode
-/// 2, then 0x81 + 8 bytes big endian) and fixes the checksum.
-fn forge_token(payload: &[u8], from: u64, to: u64) -> Vec<u8> {
-    let body = &payload[..payload.len() - 10];
-    let mut needle = vec![2u8, 0x81];
-    needle.extend_from_slice(&from.to_be_bytes());
-    let mut value = body.to_vec();
-    let at = value
-        .windows(needle.len())
-        .position(|w| w == needle.as_slice())
-        .expect("token not found in the DUMP payload");
-    value[at + 2..at + 10].copy_from_slice(&to.to_be_bytes());
-    value.extend_from_slice(&payload[payload.len() - 10..payload.len() - 8]);
-    let crc = crc64(&value);
-    value.extend_from_slice(&crc.to_le_bytes());
-    value
-}
 
 /// Reservations in one slot move from node A to node B with holder,
 /// token, acquired-at, renewals and expiry; B raises its token counter to

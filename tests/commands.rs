@@ -547,13 +547,8 @@ fn wrong_arity_is_redis_own_error() {
         &["RESERVE.LOCK", "k", "w", "1", "x"],
         &["RESERVE.RENEW"],
         &["RESERVE.RENEW", "k", "w"],
-        &["RESERVE.RENEW", "k", "w", "1", "TOKEN"],
-        &["RESERVE.RENEW", "k", "w", "1", "TOKEN", "1", "x"],
-        &["RESERVE.RENEW", "k", "w", "1", "TOKEN", "1", "TOKEN", "1"],
         &["RESERVE.RELEASE"],
         &["RESERVE.RELEASE", "k"],
-        &["RESERVE.RELEASE", "k", "w", "TOKEN"],
-        &["RESERVE.RELEASE", "k", "w", "TOKEN", "1", "x"],
         &["RESERVE.WAIT", "k", "w", "1"],
         &["RESERVE.WAIT", "k", "w", "1", "1", "x"],
         &["RESERVE.INFO"],
@@ -562,6 +557,31 @@ fn wrong_arity_is_redis_own_error() {
     ];
     for argv in cases {
         assert_eq!(err(&mut c, argv), arity_error(argv[0]), "{argv:?}");
+    }
+    // A malformed option tail is a syntax error, as for Redis's own
+    // options (SET k v EX): missing value, extra word, repeated option.
+    let tails: &[&[&str]] = &[
+        &["RESERVE.RENEW", "k", "w", "1", "TOKEN"],
+        &["RESERVE.RENEW", "k", "w", "1", "TOKEN", "1", "x"],
+        &["RESERVE.RENEW", "k", "w", "1", "TOKEN", "1", "TOKEN", "1"],
+        &[
+            "RESERVE.RENEW",
+            "k",
+            "w",
+            "1",
+            "TOKEN",
+            "1",
+            "TOKEN",
+            "1",
+            "TOKEN",
+            "1",
+        ],
+        &["RESERVE.RELEASE", "k", "w", "TOKEN"],
+        &["RESERVE.RELEASE", "k", "w", "TOKEN", "1", "x"],
+        &["RESERVE.RELEASE", "k", "w", "TOKEN", "1", "TOKEN", "1"],
+    ];
+    for argv in tails {
+        assert_eq!(err(&mut c, argv), "ERR syntax error", "{argv:?}");
     }
     assert_eq!(int(&mut c, &["DBSIZE"]), 0, "nothing created");
     assert_eq!(int(&mut c, &["RESERVE.RENEW", "k", "w", "1"]), 0);
@@ -680,17 +700,59 @@ fn invalid_holders() {
         .query(&mut c)
         .unwrap();
     assert!(lock(&mut c, "k8", "12345678", "30") >= 1);
+    // The setting bounds new holders: LOCK and WAIT that would create one.
     for argv in [
         &["RESERVE.LOCK", "k9", "123456789", "1"][..],
-        &["RESERVE.RENEW", "k8", "123456789", "1"],
-        &["RESERVE.RELEASE", "k8", "123456789"],
         &["RESERVE.WAIT", "k9", "123456789", "1", "1"],
     ] {
         assert_eq!(err(&mut c, argv), "ERR invalid holder", "{argv:?}");
     }
+    // RENEW and RELEASE only name a holder: a longer one is simply not
+    // the holder here.
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "k8", "123456789", "1"]), 0);
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "k8", "123456789"]), 0);
     assert_eq!(exists(&mut c, "k9"), 0);
     assert_eq!(exists(&mut c, "k513"), 0);
     assert_eq!(int(&mut c, &["RESERVE.RELEASE", "k8", "12345678"]), 1);
+    // Past the hard cap (1 MiB, the most the setting allows) every
+    // command refuses the holder.
+    let huge = "h".repeat((1 << 20) + 1);
+    for argv in [
+        &["RESERVE.LOCK", "k", &huge, "1"][..],
+        &["RESERVE.RENEW", "k", &huge, "1"],
+        &["RESERVE.RELEASE", "k", &huge],
+        &["RESERVE.WAIT", "k", &huge, "1", "1"],
+    ] {
+        assert_eq!(err(&mut c, argv), "ERR invalid holder", "{:?}", argv[0]);
+    }
+}
+
+#[test]
+fn lowering_max_holder_len_strands_no_current_holder() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let holder = "host-1-worker-12345";
+    let token = lock(&mut c, "job", holder, "30");
+    assert_eq!(
+        config_set(&mut c, "reservation.max-holder-len", "4"),
+        Ok(Value::Okay)
+    );
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "job", holder, "30"]), 1);
+    assert_eq!(
+        lock(&mut c, "job", holder, "30"),
+        token,
+        "a re-acquire creates no new holder"
+    );
+    assert_eq!(
+        err(&mut c, &["RESERVE.LOCK", "other", holder, "30"]),
+        "ERR invalid holder",
+        "a new holder is checked"
+    );
+    let t = token.to_string();
+    assert_eq!(
+        int(&mut c, &["RESERVE.RELEASE", "job", holder, "TOKEN", &t]),
+        1
+    );
 }
 
 #[test]

@@ -1304,10 +1304,12 @@ impl Model {
                 err("ERR invalid timeout"),
             ),
             4 => {
+                // RENEW and RELEASE only name a holder: past the setting
+                // is simply not the holder, so only an empty one is bad.
                 let a = match rng.gen_range(0..4) {
                     0 => argv(&[b"RESERVE.LOCK", key, bad_holder, b"100"]),
-                    1 => argv(&[b"RESERVE.RENEW", key, bad_holder, b"100"]),
-                    2 => argv(&[b"RESERVE.RELEASE", key, bad_holder]),
+                    1 => argv(&[b"RESERVE.RENEW", key, b"", b"100"]),
+                    2 => argv(&[b"RESERVE.RELEASE", key, b""]),
                     _ => argv(&[b"RESERVE.WAIT", key, bad_holder, b"100", b"0"]),
                 };
                 (a, err("ERR invalid holder"))
@@ -1345,23 +1347,33 @@ impl Model {
                 err(TOKENFLOOR_INTERNAL),
             ),
             _ => {
-                let cases: [(&str, Vec<Vec<u8>>); 12] = [
+                // A malformed TOKEN tail (missing value, extra or
+                // repeated words) is a syntax error, not an arity error.
+                let tails = [
+                    argv(&[b"RESERVE.RENEW", key, h, b"1", b"TOKEN"]),
+                    argv(&[b"RESERVE.RENEW", key, h, b"1", b"TOKEN", b"1", b"x"]),
+                    argv(&[
+                        b"RESERVE.RENEW",
+                        key,
+                        h,
+                        b"1",
+                        b"TOKEN",
+                        b"1",
+                        b"TOKEN",
+                        b"1",
+                    ]),
+                    argv(&[b"RESERVE.RELEASE", key, h, b"TOKEN"]),
+                    argv(&[b"RESERVE.RELEASE", key, h, b"TOKEN", b"1", b"TOKEN", b"1"]),
+                ];
+                if rng.gen_bool(0.3) {
+                    let a = tails.choose(rng).expect("tail").clone();
+                    return Some((a, err("ERR syntax error")));
+                }
+                let cases: [(&str, Vec<Vec<u8>>); 9] = [
                     ("RESERVE.LOCK", argv(&[b"RESERVE.LOCK", key, h])),
                     ("RESERVE.LOCK", argv(&[b"RESERVE.LOCK", key, h, b"1", b"x"])),
                     ("RESERVE.RENEW", argv(&[b"RESERVE.RENEW", key, h])),
-                    (
-                        "RESERVE.RENEW",
-                        argv(&[b"RESERVE.RENEW", key, h, b"1", b"TOKEN"]),
-                    ),
-                    (
-                        "RESERVE.RENEW",
-                        argv(&[b"RESERVE.RENEW", key, h, b"1", b"TOKEN", b"1", b"x"]),
-                    ),
                     ("RESERVE.RELEASE", argv(&[b"RESERVE.RELEASE", key])),
-                    (
-                        "RESERVE.RELEASE",
-                        argv(&[b"RESERVE.RELEASE", key, h, b"TOKEN"]),
-                    ),
                     ("RESERVE.WAIT", argv(&[b"RESERVE.WAIT", key, h, b"1"])),
                     (
                         "RESERVE.WAIT",

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use testkit::cmd::{call, call_str};
+use testkit::dump::{forge_token, payload_value, with_footer};
 use testkit::redis::{self, Connection, Value};
 use testkit::{reservation_info, wait_until, Config, Server, DEADLINE};
 
@@ -122,62 +123,6 @@ fn max_token(snaps: &[(String, Option<Snapshot>)]) -> u64 {
 
 fn dbsize(c: &mut Connection) -> i64 {
     int(c, &["DBSIZE"])
-}
-
-/// Redis's CRC-64 (Jones polynomial, reflected, as in `crc64.c`), which
-/// ends every DUMP payload.
-fn crc64(data: &[u8]) -> u64 {
-    const POLY: u64 = 0x95ac_9329_ac4b_c9b5;
-    let mut crc = 0u64;
-    for &byte in data {
-        crc ^= u64::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ POLY
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-/// A DUMP payload: the serialized value, 2 bytes of RDB version, 8 bytes of
-/// CRC-64 (little endian). Rebuilds one from a (modified) value.
-fn with_footer(value: &[u8], original: &[u8]) -> Vec<u8> {
-    let mut out = value.to_vec();
-    out.extend_from_slice(&original[original.len() - 10..original.len() - 8]);
-    let crc = crc64(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-fn payload_value(payload: &[u8]) -> &[u8] {
-    assert_eq!(
-        crc64(&payload[..payload.len() - 8]).to_le_bytes(),
-        payload[payload.len() - 8..],
-        "the CRC-64 helper agrees with the server"
-    );
-    &payload[..payload.len() - 10]
-}
-
-/// Replaces the token inside a DUMP payload (RDB module encoding: UINT
-/// opcode 2, then a 64-bit length-encoded value 0x81 + 8 bytes big endian)
-/// and fixes the checksum, as any client could.
-fn forge_token(payload: &[u8], from: u64, to: u64) -> Vec<u8> {
-    assert!(
-        from >= 1 << 32 && to >= 1 << 32,
-        "both need the 8-byte encoding"
-    );
-    let mut needle = vec![2u8, 0x81];
-    needle.extend_from_slice(&from.to_be_bytes());
-    let mut value = payload_value(payload).to_vec();
-    let at = value
-        .windows(needle.len())
-        .position(|w| w == needle.as_slice())
-        .expect("token not found in the DUMP payload");
-    value[at + 2..at + 10].copy_from_slice(&to.to_be_bytes());
-    with_footer(&value, payload)
 }
 
 fn dump(c: &mut Connection, key: &str) -> Vec<u8> {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::thread;
 
 use testkit::cmd::{bytes, call, call_str, err, int};
+use testkit::dump::forge_token;
 use testkit::redis::{self, Connection, Value};
 use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
 
@@ -121,47 +122,6 @@ fn dump(c: &mut Connection, key: &str) -> Vec<u8> {
         Value::BulkString(b) => b,
         other => panic!("DUMP {key}: {other:?}"),
     }
-}
-
-/// Redis's CRC-64 (Jones polynomial, reflected), which ends every DUMP
-/// payload.
-fn crc64(data: &[u8]) -> u64 {
-    const POLY: u64 = 0x95ac_9329_ac4b_c9b5;
-    let mut crc = 0u64;
-    for &byte in data {
-        crc ^= u64::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ POLY
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-/// Replaces the token inside a DUMP payload (RDB module encoding: UINT
-/// opcode 2, then a 64-bit length-encoded value 0x81 + 8 bytes big endian)
-/// and fixes the payload's CRC-64.
-fn forge_token(payload: &[u8], from: u64, to: u64) -> Vec<u8> {
-    assert!(
-        from >= 1 << 32 && to >= 1 << 32,
-        "both need the 8-byte encoding"
-    );
-    let body = &payload[..payload.len() - 8];
-    assert_eq!(crc64(body).to_le_bytes(), payload[payload.len() - 8..]);
-    let mut needle = vec![2u8, 0x81];
-    needle.extend_from_slice(&from.to_be_bytes());
-    let at = body
-        .windows(needle.len())
-        .position(|w| w == needle.as_slice())
-        .expect("token not found in the DUMP payload");
-    let mut out = body.to_vec();
-    out[at + 2..at + 10].copy_from_slice(&to.to_be_bytes());
-    let crc = crc64(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 /// Starts `RESERVE.WAIT` on its own connection and waits until the server

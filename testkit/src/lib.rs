@@ -17,6 +17,7 @@ pub use redis;
 
 pub mod cluster;
 pub mod cmd;
+pub mod dump;
 pub use cluster::Cluster;
 
 /// How long a server gets to start or a condition to become true.
@@ -214,6 +215,15 @@ impl Server {
             }
         }
         panic!("could not restart: {last_err}");
+    }
+
+    /// One attempt to start again in the same dir on the same port: `Err`
+    /// with the reason and the log's tail when the server refuses to start
+    /// (an RDB it will not load, say).
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill9();
+        self.child = Some(spawn(&self.config, self.dir.path(), self.port)?);
+        Ok(())
     }
 
     /// Makes this server a replica of `master` and waits until the initial
