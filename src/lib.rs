@@ -16,6 +16,7 @@ mod datatype;
 pub mod errors;
 mod events;
 mod ffi;
+pub mod grants;
 mod info;
 mod notify;
 mod registration;
