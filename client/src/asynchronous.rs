@@ -537,3 +537,13 @@ async fn heartbeat(state: Arc<State>, granted_at: Instant) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handles_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::AsyncReservationManager>();
+        send_sync::<super::AsyncReservation>();
+    }
+}

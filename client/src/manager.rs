@@ -533,23 +533,21 @@ mod tests {
     #[test]
     fn builder_rejects_bad_settings() {
         let bad = |b: ReservationManagerBuilder| matches!(b.build(), Err(Error::InvalidConfig(_)));
-        assert!(bad(crate::ReservationManager::builder("")));
+        assert!(bad(ReservationManager::builder("")));
         assert!(bad(
-            crate::ReservationManager::builder("w").lock_ttl(Duration::ZERO)
+            ReservationManager::builder("w").lock_ttl(Duration::ZERO)
         ));
-        assert!(bad(crate::ReservationManager::builder("w")
+        assert!(bad(ReservationManager::builder("w")
             .lock_ttl(Duration::from_secs(1))
             .heartbeat_interval(Duration::from_secs(1))));
         assert!(bad(
-            crate::ReservationManager::builder("w").replica_ack(0, Duration::from_secs(1))
+            ReservationManager::builder("w").replica_ack(0, Duration::from_secs(1))
         ));
-        assert!(bad(crate::ReservationManager::builder("w")
+        assert!(bad(ReservationManager::builder("w")
             .url("redis://127.0.0.1:1/")
             .host_port("127.0.0.1", 1)));
-        assert!(bad(
-            crate::ReservationManager::builder("w").url("nonsense://")
-        ));
-        let m = crate::ReservationManager::builder("w")
+        assert!(bad(ReservationManager::builder("w").url("nonsense://")));
+        let m = ReservationManager::builder("w")
             .lock_ttl(Duration::from_secs(3))
             .build()
             .unwrap();
@@ -560,13 +558,8 @@ mod tests {
     #[test]
     fn handles_can_cross_threads() {
         fn send_sync<T: Send + Sync>() {}
-        send_sync::<super::ReservationManager>();
-        send_sync::<super::Reservation>();
-        send_sync::<crate::Error>();
-        #[cfg(feature = "tokio")]
-        {
-            send_sync::<crate::AsyncReservationManager>();
-            send_sync::<crate::AsyncReservation>();
-        }
+        send_sync::<ReservationManager>();
+        send_sync::<Reservation>();
+        send_sync::<Error>();
     }
 }

@@ -1,24 +1,15 @@
 //! When the heartbeat renews, when it retries, and when it gives a
-//! reservation up as lost. Time comes in as an argument (`Moment`), so the
-//! blocking thread (std `Instant`), the tokio task (tokio `Instant`) and
-//! the tests (a `Duration` as a fake clock) run the same decisions.
+//! reservation up as lost. Time comes in as an argument, so the tests run
+//! it on a fake clock.
 
-use std::ops::{Add, Sub};
 use std::time::Duration;
 
 use log::Level;
 
+use crate::core::clock::Moment;
 use crate::core::grant::Grant;
 use crate::core::lost::LostReason;
 use crate::core::settings::Settings;
-
-/// A point in time on some clock.
-pub(crate) trait Moment:
-    Copy + Ord + Add<Duration, Output = Self> + Sub<Output = Duration>
-{
-}
-
-impl<T> Moment for T where T: Copy + Ord + Add<Duration, Output = T> + Sub<Output = Duration> {}
 
 /// What a renewal attempt came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

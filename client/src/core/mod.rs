@@ -8,6 +8,7 @@
 //! the same by construction. Nothing here imports from outside `core`
 //! except the error type.
 
+pub(crate) mod clock;
 pub(crate) mod grant;
 pub(crate) mod heartbeat;
 pub(crate) mod identity;

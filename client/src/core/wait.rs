@@ -7,8 +7,8 @@ use std::time::Duration;
 use log::Level;
 use redis::Cmd;
 
+use crate::core::clock::Moment;
 use crate::core::grant::Claim;
-use crate::core::heartbeat::Moment;
 use crate::core::protocol::{self, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::error::{is_transient, Error};
