@@ -1,5 +1,9 @@
 //! The async (tokio) API: [`AsyncReservationManager`] and
-//! [`AsyncReservation`], the same operations as the blocking ones.
+//! [`AsyncReservation`], the same operations as the blocking ones, and
+//! `ReservationManagerBuilder::build_async`. This file owns the async I/O
+//! (the multiplexed connection, the wait's own connection, the heartbeat
+//! task, timeouts and sleeps); what to send and what answers mean come
+//! from `core`, as for the blocking API.
 //!
 //! The heartbeat is a tokio task. Dropping an [`AsyncReservation`] aborts
 //! it and spawns a best-effort release onto the current runtime (nothing
@@ -29,13 +33,15 @@ use log::Level;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisResult};
 use tokio::time::Instant;
 
-use crate::config::{
-    secs_arg, LostFlag, LostReason, LostReservation, ReservationInfo, ReservationManagerBuilder,
-    Settings, Target,
-};
-use crate::conn::{wait_ms, WAIT_SLACK};
-use crate::error::{is_connection_error, is_transient};
-use crate::Error;
+use crate::builder::ReservationManagerBuilder;
+use crate::conn::Target;
+use crate::core::grant::{replica_verdict, Claim, Grant};
+use crate::core::heartbeat::Schedule;
+use crate::core::lost::LostReservation;
+use crate::core::protocol::{self, ReservationInfo, WAIT_SLACK};
+use crate::core::settings::Settings;
+use crate::core::wait::Wait;
+use crate::error::{is_connection_error, Error};
 
 /// An async connection to the server (or cluster).
 #[derive(Clone)]
@@ -83,8 +89,7 @@ impl AsyncConn {
         replicas: usize,
         timeout: Duration,
     ) -> RedisResult<usize> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(wait_ms(timeout));
+        let wait = protocol::replicas(replicas, timeout);
         match self {
             AsyncConn::Single(c) => wait.query_async(c).await,
             #[cfg(feature = "cluster-async")]
@@ -133,13 +138,18 @@ struct Inner {
 
 impl std::fmt::Debug for AsyncReservationManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = &self.inner.settings;
-        f.debug_struct("AsyncReservationManager")
-            .field("by", &s.by)
-            .field("key_prefix", &s.key_prefix)
-            .field("lock_ttl", &s.lock_ttl)
-            .field("heartbeat_interval", &s.heartbeat_interval)
-            .finish_non_exhaustive()
+        self.inner
+            .settings
+            .fmt_manager("AsyncReservationManager", f)
+    }
+}
+
+impl ReservationManagerBuilder {
+    /// Checks the settings (no connection is made yet) and builds the async
+    /// manager.
+    pub fn build_async(self) -> Result<AsyncReservationManager, Error> {
+        let (settings, target) = self.into_parts()?;
+        AsyncReservationManager::from_parts(settings, target)
     }
 }
 
@@ -150,10 +160,7 @@ impl AsyncReservationManager {
         ReservationManagerBuilder::new(by)
     }
 
-    pub(crate) fn from_parts(
-        settings: Settings,
-        target: Target,
-    ) -> Result<AsyncReservationManager, Error> {
+    fn from_parts(settings: Settings, target: Target) -> Result<AsyncReservationManager, Error> {
         #[cfg(all(feature = "cluster", not(feature = "cluster-async")))]
         if matches!(target, Target::Cluster(_)) {
             return Err(Error::InvalidConfig(
@@ -193,10 +200,8 @@ impl AsyncReservationManager {
     /// `Ok(None)` when someone else holds it.
     pub async fn lock(&self, resource: &str) -> Result<Option<AsyncReservation>, Error> {
         let s = &self.inner.settings;
-        let key = s.key_for(resource);
-        let holder = s.new_holder();
-        let mut lock = redis::cmd("RESERVE.LOCK");
-        lock.arg(&key).arg(&holder).arg(s.ttl_arg());
+        let claim = Claim::new(s, resource);
+        let lock = claim.lock_cmd(s);
         let mut attempt = 0;
         let token = loop {
             attempt += 1;
@@ -209,21 +214,19 @@ impl AsyncReservationManager {
                         continue;
                     }
                     // The grant may have happened; the holder is unique.
-                    let _ = self.inner.release_by(&key, &holder, None).await;
+                    let _ = self.inner.release(&claim.release_cmd(None)).await;
                     return Err(Error::from_redis(e));
                 }
                 Err(e) => return Err(Error::from_redis(e)),
             }
         };
         let granted_at = Instant::now();
-        if token == 0 {
-            s.log(Level::Debug, &format!("{key} is held by someone else"));
+        let Some(token) = claim.lock_reply(s, token) else {
             return Ok(None);
-        }
+        };
         // From here on the reservation exists: if this future is dropped
         // while the replicas are asked, its Drop releases it.
-        let reservation =
-            AsyncReservation::start(self.inner.clone(), resource, key, holder, token, granted_at);
+        let reservation = AsyncReservation::start(self.inner.clone(), claim, token, granted_at);
         if let Some((replicas, timeout)) = s.replica_ack {
             let mut conn = self.inner.conn().await?;
             let limit = s.command_timeout.map(|t| t.max(timeout + WAIT_SLACK));
@@ -269,8 +272,8 @@ impl AsyncReservationManager {
 
     /// What the server knows about `resource` (`RESERVE.INFO`).
     pub async fn info(&self, resource: &str) -> Result<Option<ReservationInfo>, Error> {
-        let key = self.key_for(resource);
-        let value: redis::Value = self.inner.run(redis::cmd("RESERVE.INFO").arg(&key)).await?;
+        let info = protocol::info(&self.key_for(resource));
+        let value: redis::Value = self.inner.run(&info).await?;
         ReservationInfo::from_value(value).map_err(Error::from_redis)
     }
 
@@ -280,58 +283,32 @@ impl AsyncReservationManager {
         timeout: Option<Duration>,
     ) -> Result<Option<AsyncReservation>, Error> {
         let s = &self.inner.settings;
-        let key = s.key_for(resource);
-        let holder = s.new_holder();
-        let ttl = s.ttl_arg();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut failures = 0u32;
+        let mut wait = Wait::new(s, resource, timeout, Instant::now());
         let mut conn: Option<AsyncConn> = None;
-        s.log(Level::Debug, &format!("waiting for {key} as {holder}"));
         loop {
-            let remaining = deadline.map(|d| {
-                d.checked_duration_since(Instant::now())
-                    .filter(|r| !r.is_zero())
-                    .unwrap_or(Duration::from_millis(1))
-            });
+            let attempt = wait.attempt(s, Instant::now());
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => {
-                    let connect_timeout = remaining.map_or(s.connect_timeout, |r| {
-                        r.min(s.connect_timeout).max(Duration::from_millis(10))
-                    });
-                    match AsyncConn::connect(&self.inner.target, connect_timeout).await {
-                        Ok(c) => conn.insert(c),
-                        Err(e) => {
-                            self.wait_failed(&key, e, &mut failures, deadline).await?;
-                            continue;
-                        }
+                None => match AsyncConn::connect(&self.inner.target, attempt.connect_timeout).await
+                {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        tokio::time::sleep(wait.retry(s, e, None, Instant::now())?).await;
+                        continue;
                     }
-                }
+                },
             };
-            let timeout_arg = remaining.map_or_else(|| "0".to_string(), secs_arg);
-            let mut wait = redis::cmd("RESERVE.WAIT");
-            wait.arg(&key).arg(&holder).arg(&ttl).arg(&timeout_arg);
             let sent = Instant::now();
-            let reply = within(remaining.map(|r| r + WAIT_SLACK), c.query::<u64>(&wait)).await;
+            let reply = within(attempt.read_timeout, c.query::<u64>(&attempt.cmd)).await;
             match reply {
-                Ok(0) => {
-                    if deadline.is_some() {
-                        s.log(Level::Debug, &format!("gave up waiting for {key}"));
-                    } else {
-                        s.log(
-                            Level::Warn,
-                            &format!("RESERVE.WAIT on {key} was unblocked without a grant"),
-                        );
-                    }
-                    return Ok(None);
-                }
                 Ok(token) => {
+                    let Some(token) = wait.reply(s, token) else {
+                        return Ok(None);
+                    };
                     let granted_at = Instant::now();
                     let reservation = AsyncReservation::start(
                         self.inner.clone(),
-                        resource,
-                        key,
-                        holder,
+                        wait.into_claim(),
                         token,
                         granted_at,
                     );
@@ -346,32 +323,13 @@ impl AsyncReservationManager {
                     }
                     return Ok(Some(reservation));
                 }
-                Err(e) if is_transient(&e) => {
+                Err(e) => {
                     conn = None;
-                    if sent.elapsed() >= Duration::from_secs(1) {
-                        failures = 0;
-                    }
-                    self.wait_failed(&key, e, &mut failures, deadline).await?;
+                    let delay = wait.retry(s, e, Some(sent.elapsed()), Instant::now())?;
+                    tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(Error::from_redis(e)),
             }
         }
-    }
-
-    async fn wait_failed(
-        &self,
-        key: &str,
-        err: redis::RedisError,
-        failures: &mut u32,
-        deadline: Option<Instant>,
-    ) -> Result<(), Error> {
-        let deadline = deadline.map(Instant::into_std);
-        let delay = self
-            .inner
-            .settings
-            .wait_retry_delay(key, err, failures, deadline)?;
-        tokio::time::sleep(delay).await;
-        Ok(())
     }
 }
 
@@ -414,14 +372,10 @@ impl Inner {
         }
     }
 
-    async fn release_by(&self, key: &str, holder: &str, token: Option<u64>) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("RESERVE.RELEASE");
-        cmd.arg(key).arg(holder);
-        if let Some(t) = token {
-            cmd.arg("TOKEN").arg(t);
-        }
-        let released: i64 = self.run(&cmd).await?;
-        Ok(released == 1)
+    /// A `RESERVE.RELEASE`: did it release?
+    async fn release(&self, cmd: &Cmd) -> Result<bool, Error> {
+        let released: i64 = self.run(cmd).await?;
+        Ok(protocol::done(released))
     }
 }
 
@@ -436,72 +390,31 @@ pub struct AsyncReservation {
 
 struct State {
     inner: Arc<Inner>,
-    resource: String,
-    key: String,
-    holder: String,
-    token: u64,
-    lost: LostFlag,
+    grant: Grant,
 }
 
 impl State {
-    fn mark_lost(&self, reason: LostReason) -> bool {
-        self.lost.mark(
-            &self.inner.settings,
-            LostReservation {
-                resource: self.resource.clone(),
-                key: self.key.clone(),
-                holder: self.holder.clone(),
-                token: self.token,
-                reason,
-            },
-        )
+    async fn renew(&self) -> Result<bool, Error> {
+        let renew = self.grant.renew_cmd(&self.inner.settings);
+        let renewed: i64 = self.inner.run(&renew).await?;
+        Ok(protocol::done(renewed))
     }
 
-    async fn renew(&self) -> Result<bool, Error> {
-        let s = &self.inner.settings;
-        let mut cmd = redis::cmd("RESERVE.RENEW");
-        cmd.arg(&self.key)
-            .arg(&self.holder)
-            .arg(s.ttl_arg())
-            .arg("TOKEN")
-            .arg(self.token);
-        let renewed: i64 = self.inner.run(&cmd).await?;
-        Ok(renewed == 1)
+    async fn release(&self) -> Result<bool, Error> {
+        self.inner.release(&self.grant.release_cmd()).await
     }
 }
 
 impl std::fmt::Debug for AsyncReservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncReservation")
-            .field("key", &self.state.key)
-            .field("holder", &self.state.holder)
-            .field("token", &self.state.token)
-            .field("lost", &self.state.lost.is_lost())
-            .finish()
+        self.state.grant.fmt_reservation("AsyncReservation", f)
     }
 }
 
 impl AsyncReservation {
-    fn start(
-        inner: Arc<Inner>,
-        resource: &str,
-        key: String,
-        holder: String,
-        token: u64,
-        granted_at: Instant,
-    ) -> AsyncReservation {
-        inner.settings.log(
-            Level::Info,
-            &format!("reserved {key} as {holder} (token {token})"),
-        );
-        let state = Arc::new(State {
-            inner,
-            resource: resource.to_string(),
-            key,
-            holder,
-            token,
-            lost: LostFlag::new(),
-        });
+    fn start(inner: Arc<Inner>, claim: Claim, token: u64, granted_at: Instant) -> AsyncReservation {
+        let grant = claim.granted(&inner.settings, token);
+        let state = Arc::new(State { inner, grant });
         let heartbeat = tokio::spawn(heartbeat(state.clone(), granted_at));
         AsyncReservation {
             state,
@@ -515,22 +428,10 @@ impl AsyncReservation {
         self,
         acked: Result<usize, Error>,
     ) -> Result<Option<AsyncReservation>, Error> {
-        let Some((wanted, _)) = self.state.inner.settings.replica_ack else {
-            return Ok(Some(self));
-        };
-        match acked {
-            Ok(got) if got >= wanted => Ok(Some(self)),
-            Ok(got) => {
-                self.state.inner.settings.log(
-                    Level::Warn,
-                    &format!(
-                        "{}: only {got} of {wanted} replicas acknowledged the grant; releasing it",
-                        self.state.key
-                    ),
-                );
-                let _ = self.release().await;
-                Err(Error::ReplicaAck { wanted, got })
-            }
+        let st = &self.state;
+        let verdict = acked.and_then(|got| replica_verdict(&st.inner.settings, &st.grant.key, got));
+        match verdict {
+            Ok(()) => Ok(Some(self)),
             Err(e) => {
                 let _ = self.release().await;
                 Err(e)
@@ -540,52 +441,46 @@ impl AsyncReservation {
 
     /// The fencing token of this grant.
     pub fn token(&self) -> u64 {
-        self.state.token
+        self.state.grant.token
     }
 
     /// The Redis key (prefix + resource).
     pub fn key(&self) -> &str {
-        &self.state.key
+        &self.state.grant.key
     }
 
     /// The resource name as given.
     pub fn resource(&self) -> &str {
-        &self.state.resource
+        &self.state.grant.resource
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.
     pub fn holder(&self) -> &str {
-        &self.state.holder
+        &self.state.grant.holder
     }
 
     /// Has it been found lost?
     pub fn is_lost(&self) -> bool {
-        self.state.lost.is_lost()
+        self.state.grant.is_lost()
     }
 
     /// Resolves when the reservation is found lost (never, if it is not).
     pub async fn lost(&self) {
-        let mut rx = self.state.lost.subscribe();
+        let mut rx = self.state.grant.lost.subscribe();
         let _ = rx.wait_for(|lost| *lost).await;
     }
 
     /// A channel that receives one [`LostReservation`] when this
     /// reservation is lost (immediately if it already is).
     pub fn lost_receiver(&self) -> mpsc::Receiver<LostReservation> {
-        self.state.lost.receiver()
+        self.state.grant.lost.receiver()
     }
 
     /// Renews it now (the heartbeat does this on its own).
     pub async fn renew(&self) -> Result<(), Error> {
-        if self.is_lost() {
-            return Err(Error::Lost);
-        }
-        if self.state.renew().await? {
-            Ok(())
-        } else {
-            self.state.mark_lost(LostReason::NotHeld);
-            Err(Error::Lost)
-        }
+        let st = &self.state;
+        st.grant.ensure_held()?;
+        st.grant.renewed(&st.inner.settings, st.renew().await?)
     }
 
     /// Stops the heartbeat (and waits until it has stopped), then releases
@@ -598,23 +493,8 @@ impl AsyncReservation {
             let _ = hb.await;
         }
         let st = self.state.clone();
-        if st.lost.is_lost() {
-            return Err(Error::Lost);
-        }
-        if st
-            .inner
-            .release_by(&st.key, &st.holder, Some(st.token))
-            .await?
-        {
-            st.inner.settings.log(
-                Level::Info,
-                &format!("released {} ({}, token {})", st.key, st.holder, st.token),
-            );
-            Ok(())
-        } else {
-            st.mark_lost(LostReason::NotHeld);
-            Err(Error::Lost)
-        }
+        st.grant.ensure_held()?;
+        st.grant.released(&st.inner.settings, st.release().await?)
     }
 }
 
@@ -623,78 +503,47 @@ impl Drop for AsyncReservation {
         if let Some(hb) = self.heartbeat.take() {
             hb.abort();
         }
-        if self.finished || self.state.lost.is_lost() {
+        if !self.state.grant.release_on_drop(self.finished) {
             return;
         }
         let st = self.state.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    let s = &st.inner.settings;
-                    match st
-                        .inner
-                        .release_by(&st.key, &st.holder, Some(st.token))
-                        .await
-                    {
-                        Ok(true) => s.log(
-                            Level::Info,
-                            &format!(
-                                "released {} on drop ({}, token {})",
-                                st.key, st.holder, st.token
-                            ),
-                        ),
-                        Ok(false) => {
-                            st.mark_lost(LostReason::NotHeld);
-                        }
-                        Err(e) => s.log(
-                            Level::Warn,
-                            &format!("could not release {} on drop: {e}", st.key),
-                        ),
-                    }
+                    let outcome = st.release().await;
+                    st.grant.released_on_drop(&st.inner.settings, outcome);
                 });
             }
             Err(_) => st.inner.settings.log(
                 Level::Warn,
                 &format!(
                     "{} dropped outside a tokio runtime: not released, it expires after its TTL",
-                    st.key
+                    st.grant.key
                 ),
             ),
         }
     }
 }
 
+/// The heartbeat task: renews on the core's schedule until aborted or lost.
 async fn heartbeat(state: Arc<State>, granted_at: Instant) {
     let s = &state.inner.settings;
-    let mut last_ok = granted_at;
-    let mut next = granted_at + s.heartbeat_interval;
+    let mut schedule = Schedule::new(s, granted_at);
     loop {
-        tokio::time::sleep_until(next).await;
-        match state.renew().await {
-            Ok(true) => {
-                last_ok = Instant::now();
-                next = last_ok + s.heartbeat_interval;
-                s.log(Level::Debug, &format!("renewed {}", state.key));
-            }
-            Ok(false) => {
-                state.mark_lost(LostReason::NotHeld);
-                return;
-            }
-            Err(e) => {
-                let now = Instant::now();
-                if now.duration_since(last_ok) >= s.lock_ttl {
-                    state.mark_lost(LostReason::NotRenewedInTime);
-                    return;
-                }
-                s.log(
-                    Level::Warn,
-                    &format!("could not renew {}: {e}; retrying", state.key),
-                );
-                let retry_in = (s.heartbeat_interval / 4)
-                    .max(Duration::from_millis(10))
-                    .min(s.heartbeat_interval);
-                next = (now + retry_in).min(last_ok + s.lock_ttl);
-            }
+        tokio::time::sleep_until(schedule.next()).await;
+        let outcome = state.renew().await;
+        if !schedule.observe(s, &state.grant, outcome, Instant::now()) {
+            return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn handles_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::AsyncReservationManager>();
+        send_sync::<super::AsyncReservation>();
     }
 }

@@ -1,10 +1,20 @@
-//! Blocking connections: one server or a cluster, behind one type.
+//! Where a manager connects to (`Target`), and the blocking connection to
+//! it: one server or a cluster, behind one type. The async connection
+//! lives with the async manager.
 
 use std::time::Duration;
 
 use redis::{Cmd, ConnectionLike, FromRedisValue, RedisResult};
 
-use crate::config::Target;
+use crate::core::protocol::{self, WAIT_SLACK};
+
+/// Where the manager connects to.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Single(redis::Client),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
 
 /// A blocking connection to the server (or cluster) of a manager.
 pub(crate) enum Conn {
@@ -87,8 +97,7 @@ impl Conn {
         timeout: Duration,
         read_timeout: Option<Duration>,
     ) -> RedisResult<usize> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(wait_ms(timeout));
+        let wait = protocol::replicas(replicas, timeout);
         if read_timeout.is_some() {
             self.set_read_timeout(read_timeout.map(|t| t.max(timeout + WAIT_SLACK)))?;
         }
@@ -104,15 +113,6 @@ impl Conn {
         }
         Ok(got)
     }
-}
-
-/// How much longer than a blocking command's own timeout a read may take
-/// before the connection is considered dead.
-pub(crate) const WAIT_SLACK: Duration = Duration::from_secs(5);
-
-/// WAIT's timeout in whole milliseconds, at least 1 (0 would block forever).
-pub(crate) fn wait_ms(timeout: Duration) -> u64 {
-    (timeout.as_millis() as u64).max(1)
 }
 
 /// Routes to the master serving `key`'s slot.

@@ -61,18 +61,20 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod config;
+mod builder;
 mod conn;
+mod core;
 mod error;
 mod manager;
 
 #[cfg(feature = "tokio")]
 pub mod asynchronous;
 
-pub use config::{
-    LostReason, LostReservation, ReservationInfo, ReservationManagerBuilder, DEFAULT_KEY_PREFIX,
-    DEFAULT_LOCK_TTL, DEFAULT_URL, LOG_TARGET,
-};
+pub use crate::builder::ReservationManagerBuilder;
+pub use crate::core::logger::LOG_TARGET;
+pub use crate::core::lost::{LostReason, LostReservation};
+pub use crate::core::protocol::ReservationInfo;
+pub use crate::core::settings::{DEFAULT_KEY_PREFIX, DEFAULT_LOCK_TTL, DEFAULT_URL};
 pub use error::Error;
 pub use log::Level;
 pub use manager::{Reservation, ReservationManager};

@@ -1,4 +1,8 @@
-//! The blocking API: [`ReservationManager`] and [`Reservation`].
+//! The blocking API: [`ReservationManager`] and [`Reservation`], and
+//! `ReservationManagerBuilder::build`. This file owns the blocking I/O
+//! (the shared connection, the wait's own connection, the heartbeat
+//! thread and its sleeps); what to send and what answers mean come from
+//! `core`.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -8,13 +12,15 @@ use std::time::{Duration, Instant};
 use log::Level;
 use redis::RedisResult;
 
-use crate::config::{
-    secs_arg, LostFlag, LostReason, LostReservation, ReservationInfo, ReservationManagerBuilder,
-    Settings, Target,
-};
-use crate::conn::{Conn, WAIT_SLACK};
-use crate::error::{is_connection_error, is_transient};
-use crate::Error;
+use crate::builder::ReservationManagerBuilder;
+use crate::conn::{Conn, Target};
+use crate::core::grant::{replica_verdict, Claim, Grant};
+use crate::core::heartbeat::Schedule;
+use crate::core::lost::LostReservation;
+use crate::core::protocol::{self, ReservationInfo};
+use crate::core::settings::Settings;
+use crate::core::wait::Wait;
+use crate::error::{is_connection_error, Error};
 
 /// Takes reservations (locks that expire) for one worker.
 ///
@@ -52,13 +58,16 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for ReservationManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = &self.inner.settings;
-        f.debug_struct("ReservationManager")
-            .field("by", &s.by)
-            .field("key_prefix", &s.key_prefix)
-            .field("lock_ttl", &s.lock_ttl)
-            .field("heartbeat_interval", &s.heartbeat_interval)
-            .finish_non_exhaustive()
+        self.inner.settings.fmt_manager("ReservationManager", f)
+    }
+}
+
+impl ReservationManagerBuilder {
+    /// Checks the settings (no connection is made yet) and builds the
+    /// blocking manager.
+    pub fn build(self) -> Result<ReservationManager, Error> {
+        let (settings, target) = self.into_parts()?;
+        Ok(ReservationManager::from_parts(settings, target))
     }
 }
 
@@ -70,7 +79,7 @@ impl ReservationManager {
         ReservationManagerBuilder::new(by)
     }
 
-    pub(crate) fn from_parts(settings: Settings, target: Target) -> ReservationManager {
+    fn from_parts(settings: Settings, target: Target) -> ReservationManager {
         ReservationManager {
             inner: Arc::new(Inner {
                 settings,
@@ -106,17 +115,13 @@ impl ReservationManager {
     /// or dropped. `Ok(None)`: someone else holds it.
     pub fn lock(&self, resource: &str) -> Result<Option<Reservation>, Error> {
         let s = &self.inner.settings;
-        let key = s.key_for(resource);
-        let holder = s.new_holder();
-        let ttl = s.ttl_arg();
-        let replica_ack = s.replica_ack;
-        let read_timeout = s.command_timeout;
+        let claim = Claim::new(s, resource);
+        let lock = claim.lock_cmd(s);
         let result = self.inner.with_conn(true, |conn| {
-            let token: u64 =
-                conn.query(redis::cmd("RESERVE.LOCK").arg(&key).arg(&holder).arg(&ttl))?;
-            let acked = match replica_ack {
+            let token: u64 = conn.query(&lock)?;
+            let acked = match s.replica_ack {
                 Some((replicas, timeout)) if token != 0 => {
-                    Some(conn.wait_replicas(&key, replicas, timeout, read_timeout)?)
+                    Some(conn.wait_replicas(&claim.key, replicas, timeout, s.command_timeout)?)
                 }
                 _ => None,
             };
@@ -126,26 +131,23 @@ impl ReservationManager {
             Ok(r) => r,
             Err(e) => {
                 if e.is_connection_error()
-                    || (replica_ack.is_some() && !matches!(e, Error::ModuleNotLoaded))
+                    || (s.replica_ack.is_some() && !matches!(e, Error::ModuleNotLoaded))
                 {
                     // The grant may have happened before the error: the
                     // holder is unique to this attempt, so releasing by
                     // holder alone frees nothing of anyone else's.
-                    let _ = self.inner.release_by(&key, &holder, None);
+                    let _ = self.inner.release(&claim.release_cmd(None));
                 }
                 return Err(e);
             }
         };
-        if token == 0 {
-            s.log(Level::Debug, &format!("{key} is held by someone else"));
+        let Some(token) = claim.lock_reply(s, token) else {
             return Ok(None);
-        }
-        self.inner.check_ack(&key, &holder, token, acked)?;
+        };
+        self.inner.check_ack(&claim, token, acked)?;
         Ok(Some(Reservation::start(
             self.inner.clone(),
-            resource,
-            key,
-            holder,
+            claim,
             token,
             granted_at,
         )))
@@ -185,14 +187,12 @@ impl ReservationManager {
     /// What the server knows about `resource` (`RESERVE.INFO`): `None`
     /// when nobody holds it.
     pub fn info(&self, resource: &str) -> Result<Option<ReservationInfo>, Error> {
-        let key = self.key_for(resource);
-        let value: redis::Value = self
-            .inner
-            .with_conn(true, |c| c.query(redis::cmd("RESERVE.INFO").arg(&key)))?;
+        let info = protocol::info(&self.key_for(resource));
+        let value: redis::Value = self.inner.with_conn(true, |c| c.query(&info))?;
         ReservationInfo::from_value(value).map_err(Error::from_redis)
     }
 
-    /// `deadline` `None`: wait forever (returns `Ok(None)` only when the
+    /// `timeout` `None`: wait forever (returns `Ok(None)` only when the
     /// server unblocked the wait without a grant, e.g. `CLIENT UNBLOCK`).
     fn wait_impl(
         &self,
@@ -200,69 +200,42 @@ impl ReservationManager {
         timeout: Option<Duration>,
     ) -> Result<Option<Reservation>, Error> {
         let s = &self.inner.settings;
-        let key = s.key_for(resource);
-        let holder = s.new_holder();
-        let ttl = s.ttl_arg();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut failures = 0u32;
+        let mut wait = Wait::new(s, resource, timeout, Instant::now());
         let mut conn: Option<Conn> = None;
-        s.log(Level::Debug, &format!("waiting for {key} as {holder}"));
         loop {
-            let remaining = deadline.map(|d| {
-                d.checked_duration_since(Instant::now())
-                    .filter(|r| !r.is_zero())
-                    .unwrap_or(Duration::from_millis(1))
-            });
+            let attempt = wait.attempt(s, Instant::now());
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => {
-                    let connect_timeout = remaining.map_or(s.connect_timeout, |r| {
-                        r.min(s.connect_timeout).max(Duration::from_millis(10))
-                    });
-                    // No read timeout shorter than the wait itself.
-                    let read_timeout = remaining.map(|r| r + WAIT_SLACK);
-                    match self
-                        .inner
-                        .target
-                        .connect(connect_timeout, read_timeout, true)
-                    {
+                    let connected = self.inner.target.connect(
+                        attempt.connect_timeout,
+                        attempt.read_timeout,
+                        true,
+                    );
+                    match connected {
                         Ok(c) => conn.insert(c),
                         Err(e) => {
-                            self.wait_failed(&key, e, &mut failures, deadline)?;
+                            std::thread::sleep(wait.retry(s, e, None, Instant::now())?);
                             continue;
                         }
                     }
                 }
             };
-            let timeout_arg = remaining.map_or_else(|| "0".to_string(), secs_arg);
             let sent = Instant::now();
-            let reply: RedisResult<u64> = c.query(
-                redis::cmd("RESERVE.WAIT")
-                    .arg(&key)
-                    .arg(&holder)
-                    .arg(&ttl)
-                    .arg(&timeout_arg),
-            );
+            let reply: RedisResult<u64> = c.query(&attempt.cmd);
             match reply {
-                Ok(0) if deadline.is_some() => {
-                    s.log(Level::Debug, &format!("gave up waiting for {key}"));
-                    return Ok(None);
-                }
-                Ok(0) => {
-                    s.log(
-                        Level::Warn,
-                        &format!("RESERVE.WAIT on {key} was unblocked without a grant"),
-                    );
-                    return Ok(None);
-                }
                 Ok(token) => {
+                    let Some(token) = wait.reply(s, token) else {
+                        return Ok(None);
+                    };
                     let granted_at = Instant::now();
+                    let claim = wait.into_claim();
                     let acked = match s.replica_ack {
                         Some((replicas, timeout)) => {
-                            match c.wait_replicas(&key, replicas, timeout, None) {
+                            match c.wait_replicas(&claim.key, replicas, timeout, None) {
                                 Ok(got) => Some(got),
                                 Err(e) => {
-                                    let _ = self.inner.release_by(&key, &holder, Some(token));
+                                    let _ = self.inner.release(&claim.release_cmd(Some(token)));
                                     return Err(Error::from_redis(e));
                                 }
                             }
@@ -270,45 +243,21 @@ impl ReservationManager {
                         None => None,
                     };
                     drop(conn);
-                    self.inner.check_ack(&key, &holder, token, acked)?;
+                    self.inner.check_ack(&claim, token, acked)?;
                     return Ok(Some(Reservation::start(
                         self.inner.clone(),
-                        resource,
-                        key,
-                        holder,
+                        claim,
                         token,
                         granted_at,
                     )));
                 }
-                Err(e) if is_transient(&e) => {
+                Err(e) => {
                     conn = None;
-                    if sent.elapsed() >= Duration::from_secs(1) {
-                        // That connection worked for a while: a new run of
-                        // failures starts.
-                        failures = 0;
-                    }
-                    self.wait_failed(&key, e, &mut failures, deadline)?;
+                    let delay = wait.retry(s, e, Some(sent.elapsed()), Instant::now())?;
+                    std::thread::sleep(delay);
                 }
-                Err(e) => return Err(Error::from_redis(e)),
             }
         }
-    }
-
-    /// Counts a failed connect or a dropped WAIT; sleeps the backoff, or
-    /// gives up (attempts used up, deadline passed, or a permanent error).
-    fn wait_failed(
-        &self,
-        key: &str,
-        err: redis::RedisError,
-        failures: &mut u32,
-        deadline: Option<Instant>,
-    ) -> Result<(), Error> {
-        let delay = self
-            .inner
-            .settings
-            .wait_retry_delay(key, err, failures, deadline)?;
-        std::thread::sleep(delay);
-        Ok(())
     }
 }
 
@@ -356,42 +305,28 @@ impl Inner {
         }
     }
 
-    /// `RESERVE.RELEASE key holder [TOKEN t]`: did it release?
-    fn release_by(&self, key: &str, holder: &str, token: Option<u64>) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("RESERVE.RELEASE");
-        cmd.arg(key).arg(holder);
-        if let Some(t) = token {
-            cmd.arg("TOKEN").arg(t);
-        }
-        let released: i64 = self.with_conn(true, |c| c.query(&cmd))?;
-        Ok(released == 1)
+    /// A `RESERVE.RELEASE`: did it release?
+    fn release(&self, cmd: &redis::Cmd) -> Result<bool, Error> {
+        let released: i64 = self.with_conn(true, |c| c.query(cmd))?;
+        Ok(protocol::done(released))
     }
 
     /// Releases the grant and fails when too few replicas acknowledged it.
-    fn check_ack(
-        &self,
-        key: &str,
-        holder: &str,
-        token: u64,
-        acked: Option<usize>,
-    ) -> Result<(), Error> {
-        let (Some((wanted, _)), Some(got)) = (self.settings.replica_ack, acked) else {
+    fn check_ack(&self, claim: &Claim, token: u64, acked: Option<usize>) -> Result<(), Error> {
+        let Some(got) = acked else {
             return Ok(());
         };
-        if got >= wanted {
-            return Ok(());
-        }
-        self.settings.log(
-            Level::Warn,
-            &format!("{key}: only {got} of {wanted} replicas acknowledged the grant; releasing it"),
-        );
-        if let Err(e) = self.release_by(key, holder, Some(token)) {
-            self.settings.log(
-                Level::Warn,
-                &format!("{key}: releasing the unacknowledged grant failed: {e}"),
-            );
-        }
-        Err(Error::ReplicaAck { wanted, got })
+        replica_verdict(&self.settings, &claim.key, got).inspect_err(|_| {
+            if let Err(e) = self.release(&claim.release_cmd(Some(token))) {
+                self.settings.log(
+                    Level::Warn,
+                    &format!(
+                        "{}: releasing the unacknowledged grant failed: {e}",
+                        claim.key
+                    ),
+                );
+            }
+        })
     }
 }
 
@@ -415,40 +350,18 @@ pub struct Reservation {
 
 struct State {
     inner: Arc<Inner>,
-    resource: String,
-    key: String,
-    holder: String,
-    token: u64,
-    lost: LostFlag,
+    grant: Grant,
 }
 
 impl State {
-    fn mark_lost(&self, reason: LostReason) -> bool {
-        self.lost.mark(
-            &self.inner.settings,
-            LostReservation {
-                resource: self.resource.clone(),
-                key: self.key.clone(),
-                holder: self.holder.clone(),
-                token: self.token,
-                reason,
-            },
-        )
+    fn renew(&self) -> Result<bool, Error> {
+        let renew = self.grant.renew_cmd(&self.inner.settings);
+        let renewed: i64 = self.inner.with_conn(true, |c| c.query(&renew))?;
+        Ok(protocol::done(renewed))
     }
 
-    fn renew(&self) -> Result<bool, Error> {
-        let s = &self.inner.settings;
-        let renewed: i64 = self.inner.with_conn(true, |c| {
-            c.query(
-                redis::cmd("RESERVE.RENEW")
-                    .arg(&self.key)
-                    .arg(&self.holder)
-                    .arg(s.ttl_arg())
-                    .arg("TOKEN")
-                    .arg(self.token),
-            )
-        })?;
-        Ok(renewed == 1)
+    fn release(&self) -> Result<bool, Error> {
+        self.inner.release(&self.grant.release_cmd())
     }
 }
 
@@ -459,36 +372,14 @@ struct Heartbeat {
 
 impl std::fmt::Debug for Reservation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reservation")
-            .field("key", &self.state.key)
-            .field("holder", &self.state.holder)
-            .field("token", &self.state.token)
-            .field("lost", &self.state.lost.is_lost())
-            .finish()
+        self.state.grant.fmt_reservation("Reservation", f)
     }
 }
 
 impl Reservation {
-    fn start(
-        inner: Arc<Inner>,
-        resource: &str,
-        key: String,
-        holder: String,
-        token: u64,
-        granted_at: Instant,
-    ) -> Reservation {
-        inner.settings.log(
-            Level::Info,
-            &format!("reserved {key} as {holder} (token {token})"),
-        );
-        let state = Arc::new(State {
-            inner,
-            resource: resource.to_string(),
-            key,
-            holder,
-            token,
-            lost: LostFlag::new(),
-        });
+    fn start(inner: Arc<Inner>, claim: Claim, token: u64, granted_at: Instant) -> Reservation {
+        let grant = claim.granted(&inner.settings, token);
+        let state = Arc::new(State { inner, grant });
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let heartbeat = {
             let state = state.clone();
@@ -503,7 +394,10 @@ impl Reservation {
             Err(e) => {
                 state.inner.settings.log(
                     Level::Error,
-                    &format!("{}: could not start the heartbeat thread: {e}", state.key),
+                    &format!(
+                        "{}: could not start the heartbeat thread: {e}",
+                        state.grant.key
+                    ),
                 );
                 None
             }
@@ -519,49 +413,43 @@ impl Reservation {
     /// the server issued before. Pass it to the storage you protect and
     /// let it refuse writes carrying an older token.
     pub fn token(&self) -> u64 {
-        self.state.token
+        self.state.grant.token
     }
 
     /// The Redis key (prefix + resource), the original's `reserve_key`.
     pub fn key(&self) -> &str {
-        &self.state.key
+        &self.state.grant.key
     }
 
     /// The resource name as given.
     pub fn resource(&self) -> &str {
-        &self.state.resource
+        &self.state.grant.resource
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.
     pub fn holder(&self) -> &str {
-        &self.state.holder
+        &self.state.grant.holder
     }
 
     /// Has it been found lost (by the heartbeat, [`renew`](Self::renew) or a
     /// failed release)?
     pub fn is_lost(&self) -> bool {
-        self.state.lost.is_lost()
+        self.state.grant.is_lost()
     }
 
     /// A channel that receives one [`LostReservation`] when this
     /// reservation is lost (immediately if it already is). Nothing is sent
     /// when it is released normally: the sender is then dropped.
     pub fn lost_receiver(&self) -> mpsc::Receiver<LostReservation> {
-        self.state.lost.receiver()
+        self.state.grant.lost.receiver()
     }
 
     /// Renews it now (the heartbeat does this on its own).
     /// [`Error::Lost`] if it is no longer ours.
     pub fn renew(&self) -> Result<(), Error> {
-        if self.is_lost() {
-            return Err(Error::Lost);
-        }
-        if self.state.renew()? {
-            Ok(())
-        } else {
-            self.state.mark_lost(LostReason::NotHeld);
-            Err(Error::Lost)
-        }
+        let st = &self.state;
+        st.grant.ensure_held()?;
+        st.grant.renewed(&st.inner.settings, st.renew()?)
     }
 
     /// Stops the heartbeat and releases the reservation
@@ -576,19 +464,8 @@ impl Reservation {
         self.finished = true;
         self.stop_heartbeat();
         let st = &self.state;
-        if st.lost.is_lost() {
-            return Err(Error::Lost);
-        }
-        if st.inner.release_by(&st.key, &st.holder, Some(st.token))? {
-            st.inner.settings.log(
-                Level::Info,
-                &format!("released {} ({}, token {})", st.key, st.holder, st.token),
-            );
-            Ok(())
-        } else {
-            st.mark_lost(LostReason::NotHeld);
-            Err(Error::Lost)
-        }
+        st.grant.ensure_held()?;
+        st.grant.released(&st.inner.settings, st.release()?)
     }
 
     /// Signals the heartbeat and waits for it to finish (at most one
@@ -611,43 +488,25 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.stop_heartbeat();
-        if self.finished || self.state.lost.is_lost() {
-            return;
-        }
         let st = &self.state;
-        let s = &st.inner.settings;
-        match st.inner.release_by(&st.key, &st.holder, Some(st.token)) {
-            Ok(true) => s.log(
-                Level::Info,
-                &format!(
-                    "released {} on drop ({}, token {})",
-                    st.key, st.holder, st.token
-                ),
-            ),
-            Ok(false) => {
-                st.mark_lost(LostReason::NotHeld);
-            }
-            Err(e) => s.log(
-                Level::Warn,
-                &format!("could not release {} on drop: {e}", st.key),
-            ),
+        if st.grant.release_on_drop(self.finished) {
+            st.grant.released_on_drop(&st.inner.settings, st.release());
         }
     }
 }
 
-/// The heartbeat loop: renew every interval until stopped or lost.
+/// The heartbeat thread: renews on the core's schedule until stopped or
+/// lost.
 fn heartbeat(state: &State, stop: &(Mutex<bool>, Condvar), granted_at: Instant) {
     let s = &state.inner.settings;
-    // The last moment the server surely had the reservation alive for a
-    // whole TTL after (a reply received then was processed before it).
-    let mut last_ok = granted_at;
-    let mut next = granted_at + s.heartbeat_interval;
+    let mut schedule = Schedule::new(s, granted_at);
     loop {
         {
             let (flag, cv) = stop;
             let mut stopped = flag.lock().unwrap_or_else(PoisonError::into_inner);
             while !*stopped {
                 let now = Instant::now();
+                let next = schedule.next();
                 if now >= next {
                     break;
                 }
@@ -660,48 +519,47 @@ fn heartbeat(state: &State, stop: &(Mutex<bool>, Condvar), granted_at: Instant) 
                 return;
             }
         }
-        match state.renew() {
-            Ok(true) => {
-                last_ok = Instant::now();
-                next = last_ok + s.heartbeat_interval;
-                s.log(Level::Debug, &format!("renewed {}", state.key));
-            }
-            Ok(false) => {
-                state.mark_lost(LostReason::NotHeld);
-                return;
-            }
-            Err(e) => {
-                let now = Instant::now();
-                if now.duration_since(last_ok) >= s.lock_ttl {
-                    state.mark_lost(LostReason::NotRenewedInTime);
-                    return;
-                }
-                s.log(
-                    Level::Warn,
-                    &format!("could not renew {}: {e}; retrying", state.key),
-                );
-                // Retry sooner than a full interval, but not in a tight loop.
-                let retry_in = (s.heartbeat_interval / 4)
-                    .max(Duration::from_millis(10))
-                    .min(s.heartbeat_interval);
-                next = (now + retry_in).min(last_ok + s.lock_ttl);
-            }
+        let outcome = state.renew();
+        if !schedule.observe(s, &state.grant, outcome, Instant::now()) {
+            return;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_rejects_bad_settings() {
+        let bad = |b: ReservationManagerBuilder| matches!(b.build(), Err(Error::InvalidConfig(_)));
+        assert!(bad(ReservationManager::builder("")));
+        assert!(bad(
+            ReservationManager::builder("w").lock_ttl(Duration::ZERO)
+        ));
+        assert!(bad(ReservationManager::builder("w")
+            .lock_ttl(Duration::from_secs(1))
+            .heartbeat_interval(Duration::from_secs(1))));
+        assert!(bad(
+            ReservationManager::builder("w").replica_ack(0, Duration::from_secs(1))
+        ));
+        assert!(bad(ReservationManager::builder("w")
+            .url("redis://127.0.0.1:1/")
+            .host_port("127.0.0.1", 1)));
+        assert!(bad(ReservationManager::builder("w").url("nonsense://")));
+        let m = ReservationManager::builder("w")
+            .lock_ttl(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        assert_eq!(m.heartbeat_interval(), Duration::from_secs(1));
+        assert_eq!(m.key_for("job"), "reservation-job");
+    }
+
     #[test]
     fn handles_can_cross_threads() {
         fn send_sync<T: Send + Sync>() {}
-        send_sync::<super::ReservationManager>();
-        send_sync::<super::Reservation>();
-        send_sync::<crate::Error>();
-        #[cfg(feature = "tokio")]
-        {
-            send_sync::<crate::AsyncReservationManager>();
-            send_sync::<crate::AsyncReservation>();
-        }
+        send_sync::<ReservationManager>();
+        send_sync::<Reservation>();
+        send_sync::<Error>();
     }
 }

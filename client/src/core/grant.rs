@@ -1,0 +1,271 @@
+//! A claim (one attempt at a resource: its key and fresh holder identity)
+//! and a grant (a held reservation: token and lost flag), with what each
+//! server answer means for them. Both managers drive these; neither
+//! builds a RESERVE.* command or words a log line about a grant itself.
+
+use log::Level;
+use redis::Cmd;
+
+use crate::core::lost::{LostFlag, LostReason, LostReservation};
+use crate::core::protocol;
+use crate::core::settings::Settings;
+use crate::error::Error;
+
+/// One attempt to take a resource.
+pub(crate) struct Claim {
+    pub(crate) resource: String,
+    pub(crate) key: String,
+    /// Unique to this attempt, so a release by holder alone is safe.
+    pub(crate) holder: String,
+}
+
+impl Claim {
+    pub(crate) fn new(settings: &Settings, resource: &str) -> Claim {
+        Claim {
+            resource: resource.to_string(),
+            key: settings.key_for(resource),
+            holder: settings.new_holder(),
+        }
+    }
+
+    pub(crate) fn lock_cmd(&self, settings: &Settings) -> Cmd {
+        protocol::lock(&self.key, &self.holder, settings.lock_ttl)
+    }
+
+    /// Undoes a grant that may have happened (`token` `None`: whatever this
+    /// holder has, for a grant whose reply was lost).
+    pub(crate) fn release_cmd(&self, token: Option<u64>) -> Cmd {
+        protocol::release(&self.key, &self.holder, token)
+    }
+
+    /// LOCK's answer: the token, or `None` (0) when someone else holds it.
+    pub(crate) fn lock_reply(&self, settings: &Settings, token: u64) -> Option<u64> {
+        if token == 0 {
+            settings.log(
+                Level::Debug,
+                &format!("{} is held by someone else", self.key),
+            );
+            return None;
+        }
+        Some(token)
+    }
+
+    /// The server granted it with `token`.
+    pub(crate) fn granted(self, settings: &Settings, token: u64) -> Grant {
+        settings.log(
+            Level::Info,
+            &format!("reserved {} as {} (token {token})", self.key, self.holder),
+        );
+        Grant {
+            resource: self.resource,
+            key: self.key,
+            holder: self.holder,
+            token,
+            lost: LostFlag::new(),
+        }
+    }
+}
+
+/// `Err(Error::ReplicaAck)` (and a warning) when fewer replicas than asked
+/// for acknowledged the grant of `key`; the caller then releases it.
+pub(crate) fn replica_verdict(settings: &Settings, key: &str, got: usize) -> Result<(), Error> {
+    match settings.replica_ack {
+        Some((wanted, _)) if got < wanted => {
+            settings.log(
+                Level::Warn,
+                &format!(
+                    "{key}: only {got} of {wanted} replicas acknowledged the grant; releasing it"
+                ),
+            );
+            Err(Error::ReplicaAck { wanted, got })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A held reservation's identity and lost state.
+pub(crate) struct Grant {
+    pub(crate) resource: String,
+    pub(crate) key: String,
+    pub(crate) holder: String,
+    pub(crate) token: u64,
+    pub(crate) lost: LostFlag,
+}
+
+impl Grant {
+    pub(crate) fn renew_cmd(&self, settings: &Settings) -> Cmd {
+        protocol::renew(&self.key, &self.holder, settings.lock_ttl, self.token)
+    }
+
+    pub(crate) fn release_cmd(&self) -> Cmd {
+        protocol::release(&self.key, &self.holder, Some(self.token))
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_lost()
+    }
+
+    /// Marks it lost; the first time, tells the log, receivers and callback.
+    pub(crate) fn mark_lost(&self, settings: &Settings, reason: LostReason) -> bool {
+        self.lost.mark(
+            &settings.logger,
+            settings.on_lost.as_deref(),
+            LostReservation {
+                resource: self.resource.clone(),
+                key: self.key.clone(),
+                holder: self.holder.clone(),
+                token: self.token,
+                reason,
+            },
+        )
+    }
+
+    /// Before a renew or release: a lost grant is not asked about again.
+    pub(crate) fn ensure_held(&self) -> Result<(), Error> {
+        if self.is_lost() {
+            Err(Error::Lost)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A RENEW asked for by the user answered `held`.
+    pub(crate) fn renewed(&self, settings: &Settings, held: bool) -> Result<(), Error> {
+        if held {
+            Ok(())
+        } else {
+            self.mark_lost(settings, LostReason::NotHeld);
+            Err(Error::Lost)
+        }
+    }
+
+    /// `release()`'s RELEASE answered `released`.
+    pub(crate) fn released(&self, settings: &Settings, released: bool) -> Result<(), Error> {
+        if released {
+            settings.log(
+                Level::Info,
+                &format!(
+                    "released {} ({}, token {})",
+                    self.key, self.holder, self.token
+                ),
+            );
+            Ok(())
+        } else {
+            self.mark_lost(settings, LostReason::NotHeld);
+            Err(Error::Lost)
+        }
+    }
+
+    /// Is there anything to release when the handle is dropped?
+    pub(crate) fn release_on_drop(&self, finished: bool) -> bool {
+        !finished && !self.is_lost()
+    }
+
+    /// The release on drop ended with `outcome`: nobody is there to hear
+    /// an error, so it is logged.
+    pub(crate) fn released_on_drop(&self, settings: &Settings, outcome: Result<bool, Error>) {
+        match outcome {
+            Ok(true) => settings.log(
+                Level::Info,
+                &format!(
+                    "released {} on drop ({}, token {})",
+                    self.key, self.holder, self.token
+                ),
+            ),
+            Ok(false) => {
+                self.mark_lost(settings, LostReason::NotHeld);
+            }
+            Err(e) => settings.log(
+                Level::Warn,
+                &format!("could not release {} on drop: {e}", self.key),
+            ),
+        }
+    }
+
+    /// The `Debug` output both reservation types share.
+    pub(crate) fn fmt_reservation(
+        &self,
+        name: &str,
+        f: &mut std::fmt::Formatter<'_>,
+    ) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .field("token", &self.token)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::protocol::args;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn a_claim_names_its_key_and_its_own_holder() {
+        let s = Settings::for_tests(Arc::default());
+        let a = Claim::new(&s, "job");
+        let b = Claim::new(&s, "job");
+        assert_eq!(a.key, "reservation-job");
+        assert_ne!(a.holder, b.holder);
+        assert_eq!(
+            args(&a.lock_cmd(&s)),
+            ["RESERVE.LOCK", "reservation-job", &a.holder, "3.000"]
+        );
+        assert_eq!(
+            args(&a.release_cmd(None)),
+            ["RESERVE.RELEASE", "reservation-job", &a.holder]
+        );
+    }
+
+    #[test]
+    fn lock_replies_and_replica_verdicts() {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Settings::for_tests(logs.clone());
+        let claim = Claim::new(&s, "job");
+        assert_eq!(claim.lock_reply(&s, 0), None);
+        assert_eq!(claim.lock_reply(&s, 5), Some(5));
+        assert!(replica_verdict(&s, &claim.key, 0).is_ok(), "not asked for");
+        s.replica_ack = Some((2, Duration::from_millis(10)));
+        assert!(replica_verdict(&s, &claim.key, 2).is_ok());
+        assert!(matches!(
+            replica_verdict(&s, &claim.key, 1),
+            Err(Error::ReplicaAck { wanted: 2, got: 1 })
+        ));
+        let logs = logs.lock().unwrap();
+        assert!(logs[0].contains("held by someone else"), "{logs:?}");
+        assert!(logs[1].contains("only 1 of 2 replicas"), "{logs:?}");
+    }
+
+    #[test]
+    fn a_grant_is_lost_once_and_then_refuses() {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let s = Settings::for_tests(logs.clone());
+        let grant = Claim::new(&s, "job").granted(&s, 9);
+        assert_eq!(
+            args(&grant.renew_cmd(&s)),
+            [
+                "RESERVE.RENEW",
+                "reservation-job",
+                &grant.holder,
+                "3.000",
+                "TOKEN",
+                "9"
+            ]
+        );
+        assert!(grant.ensure_held().is_ok());
+        assert!(grant.renewed(&s, true).is_ok());
+        assert!(grant.release_on_drop(false));
+        assert!(!grant.release_on_drop(true));
+        assert!(matches!(grant.renewed(&s, false), Err(Error::Lost)));
+        assert!(matches!(grant.ensure_held(), Err(Error::Lost)));
+        assert!(!grant.release_on_drop(false));
+        assert!(!grant.mark_lost(&s, LostReason::NotHeld), "already lost");
+        let logs = logs.lock().unwrap();
+        assert!(logs[0].contains("reserved reservation-job"), "{logs:?}");
+        assert_eq!(logs.iter().filter(|l| l.contains("lost")).count(), 1);
+    }
+}

@@ -1,0 +1,227 @@
+//! The wire protocol, without a connection: the commands the client sends
+//! (as `redis::Cmd`) and what their replies mean.
+
+use std::time::Duration;
+
+use redis::{from_redis_value, Cmd, Value};
+
+/// How much longer than a blocking command's own timeout a read may take
+/// before the connection is considered dead.
+pub(crate) const WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// Seconds with millisecond resolution, rounded up, as the module parses
+/// them (`1.500`, `0.001`).
+pub(crate) fn secs_arg(d: Duration) -> String {
+    let ms = d.as_micros().div_ceil(1000);
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// WAIT's timeout in whole milliseconds, at least 1 (0 would block forever).
+fn wait_ms(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64).max(1)
+}
+
+/// `RESERVE.LOCK key holder ttl`: answers the token, 0 when held.
+pub(crate) fn lock(key: &str, holder: &str, ttl: Duration) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.LOCK");
+    cmd.arg(key).arg(holder).arg(secs_arg(ttl));
+    cmd
+}
+
+/// `RESERVE.WAIT key holder ttl timeout` (`0`: no timeout): answers the
+/// token, 0 when it timed out or was unblocked.
+pub(crate) fn wait(key: &str, holder: &str, ttl: Duration, timeout: Option<Duration>) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.WAIT");
+    cmd.arg(key)
+        .arg(holder)
+        .arg(secs_arg(ttl))
+        .arg(timeout.map_or_else(|| "0".to_string(), secs_arg));
+    cmd
+}
+
+/// `RESERVE.RENEW key holder ttl TOKEN t`: answers 1 when renewed.
+pub(crate) fn renew(key: &str, holder: &str, ttl: Duration, token: u64) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.RENEW");
+    cmd.arg(key)
+        .arg(holder)
+        .arg(secs_arg(ttl))
+        .arg("TOKEN")
+        .arg(token);
+    cmd
+}
+
+/// `RESERVE.RELEASE key holder [TOKEN t]`: answers 1 when released.
+pub(crate) fn release(key: &str, holder: &str, token: Option<u64>) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.RELEASE");
+    cmd.arg(key).arg(holder);
+    if let Some(t) = token {
+        cmd.arg("TOKEN").arg(t);
+    }
+    cmd
+}
+
+/// `RESERVE.INFO key`; decode the reply with [`ReservationInfo::from_value`].
+pub(crate) fn info(key: &str) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.INFO");
+    cmd.arg(key);
+    cmd
+}
+
+/// `WAIT replicas timeout_ms`: answers how many replicas acknowledged.
+pub(crate) fn replicas(replicas: usize, timeout: Duration) -> Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(replicas).arg(wait_ms(timeout));
+    cmd
+}
+
+/// RENEW and RELEASE answer 1 when they did it, 0 when not held by us.
+pub(crate) fn done(reply: i64) -> bool {
+    reply == 1
+}
+
+/// What `RESERVE.INFO` reports about a reservation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReservationInfo {
+    /// Who holds it.
+    pub holder: String,
+    /// Its fencing token (0 for an old library's plain-string reservation).
+    pub token: u64,
+    /// Milliseconds until it expires (-1: no expiry).
+    pub ttl_ms: i64,
+    /// When it was granted (unix ms).
+    pub acquired_at_ms: u64,
+    /// How many times it was renewed.
+    pub renewals: u64,
+    /// How many clients wait for it.
+    pub waiters: u64,
+    /// The waiting holders, oldest first.
+    pub queue: Vec<String>,
+}
+
+impl ReservationInfo {
+    /// Parses the RESP2 flat array or RESP3 map; `None` for nil.
+    pub(crate) fn from_value(value: Value) -> redis::RedisResult<Option<ReservationInfo>> {
+        let pairs: Vec<(Value, Value)> = match value {
+            Value::Nil => return Ok(None),
+            Value::Map(pairs) => pairs,
+            Value::Array(items) => {
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((k, v));
+                }
+                pairs
+            }
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "unexpected RESERVE.INFO reply",
+                    format!("{other:?}"),
+                )))
+            }
+        };
+        let mut info = ReservationInfo::default();
+        for (k, v) in pairs {
+            let name: String = from_redis_value(&k)?;
+            match name.as_str() {
+                "holder" => info.holder = from_redis_value(&v)?,
+                "token" => info.token = from_redis_value(&v)?,
+                "ttl_ms" => info.ttl_ms = from_redis_value(&v)?,
+                "acquired_at_ms" => info.acquired_at_ms = from_redis_value(&v)?,
+                "renewals" => info.renewals = from_redis_value(&v)?,
+                "waiters" => info.waiters = from_redis_value(&v)?,
+                "queue" => info.queue = from_redis_value(&v)?,
+                _ => {}
+            }
+        }
+        Ok(Some(info))
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn args(cmd: &Cmd) -> Vec<String> {
+    cmd.args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Arg::Cursor => "<cursor>".into(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_have_millisecond_resolution() {
+        assert_eq!(secs_arg(Duration::from_secs(30)), "30.000");
+        assert_eq!(secs_arg(Duration::from_millis(1500)), "1.500");
+        assert_eq!(secs_arg(Duration::from_millis(1)), "0.001");
+        assert_eq!(secs_arg(Duration::from_micros(1)), "0.001");
+        assert_eq!(secs_arg(Duration::from_micros(2_000_001)), "2.001");
+    }
+
+    #[test]
+    fn commands_carry_their_arguments() {
+        let ttl = Duration::from_millis(1500);
+        assert_eq!(
+            args(&lock("k", "h", ttl)),
+            ["RESERVE.LOCK", "k", "h", "1.500"]
+        );
+        assert_eq!(
+            args(&wait("k", "h", ttl, None)),
+            ["RESERVE.WAIT", "k", "h", "1.500", "0"]
+        );
+        assert_eq!(
+            args(&wait("k", "h", ttl, Some(Duration::from_millis(20)))),
+            ["RESERVE.WAIT", "k", "h", "1.500", "0.020"]
+        );
+        assert_eq!(
+            args(&renew("k", "h", ttl, 9)),
+            ["RESERVE.RENEW", "k", "h", "1.500", "TOKEN", "9"]
+        );
+        assert_eq!(
+            args(&release("k", "h", None)),
+            ["RESERVE.RELEASE", "k", "h"]
+        );
+        assert_eq!(
+            args(&release("k", "h", Some(9))),
+            ["RESERVE.RELEASE", "k", "h", "TOKEN", "9"]
+        );
+        assert_eq!(args(&info("k")), ["RESERVE.INFO", "k"]);
+        assert_eq!(args(&replicas(2, Duration::ZERO)), ["WAIT", "2", "1"]);
+        assert!(done(1) && !done(0));
+    }
+
+    #[test]
+    fn info_decodes_resp2_and_resp3() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let fields = vec![
+            (bulk("holder"), bulk("h")),
+            (bulk("token"), Value::Int(4)),
+            (bulk("ttl_ms"), Value::Int(-1)),
+            (bulk("waiters"), Value::Int(1)),
+            (bulk("queue"), Value::Array(vec![bulk("q")])),
+            (bulk("future-field"), Value::Int(0)),
+        ];
+        let want = ReservationInfo {
+            holder: "h".into(),
+            token: 4,
+            ttl_ms: -1,
+            waiters: 1,
+            queue: vec!["q".into()],
+            ..ReservationInfo::default()
+        };
+        let flat = fields.iter().flat_map(|(k, v)| [k.clone(), v.clone()]);
+        assert_eq!(
+            ReservationInfo::from_value(Value::Array(flat.collect())).unwrap(),
+            Some(want.clone())
+        );
+        assert_eq!(
+            ReservationInfo::from_value(Value::Map(fields)).unwrap(),
+            Some(want)
+        );
+        assert_eq!(ReservationInfo::from_value(Value::Nil).unwrap(), None);
+        assert!(ReservationInfo::from_value(Value::Int(1)).is_err());
+    }
+}
