@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::grants::{Ask, Mode};
+
 /// Largest wait timeout accepted: 100 years. Anything larger is almost
 /// certainly a unit mistake, and keeping it far below `i64::MAX` keeps
 /// `now + timeout` from overflowing.
@@ -25,6 +27,8 @@ pub enum ArgError {
     Timeout,
     Holder,
     Token,
+    Limit,
+    Permits,
     Syntax,
     WrongArity,
 }
@@ -146,12 +150,66 @@ pub fn parse_stored_token(input: &[u8]) -> Result<u64, ArgError> {
     }
 }
 
-/// Typed arguments of `RESERVE.LOCK key holder ttl`.
+/// Typed arguments of `RESERVE.LOCK key holder ttl [SHARED] [LIMIT n]
+/// [PERMITS k]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LockArgs<'a> {
     pub key: &'a [u8],
     pub holder: &'a [u8],
     pub ttl_ms: u64,
+    pub ask: Ask,
+}
+
+/// A count option's value: a plain decimal from 1 to `max`.
+fn parse_count(input: &[u8], max: u32) -> Option<u32> {
+    if input.is_empty() || input.len() > 10 || !input.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(input).ok()?.parse().ok()?;
+    u32::try_from(n).ok().filter(|&n| n >= 1 && n <= max)
+}
+
+/// The options of LOCK and WAIT, in any order, case-insensitive, each at
+/// most once: `SHARED`, `LIMIT n` (implies SHARED), `PERMITS k` (only with
+/// LIMIT, at most n). No option at all is the exclusive mutex.
+pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
+    if rest.is_empty() {
+        return Ok(Ask::EXCLUSIVE);
+    }
+    let (mut shared, mut limit, mut permits) = (false, None, None);
+    let mut i = 0;
+    while i < rest.len() {
+        let name = rest[i];
+        let value = rest.get(i + 1);
+        if name.eq_ignore_ascii_case(b"SHARED") && !shared {
+            shared = true;
+            i += 1;
+        } else if name.eq_ignore_ascii_case(b"LIMIT") && limit.is_none() {
+            let value = value.ok_or(ArgError::Syntax)?;
+            limit = Some(parse_count(value, max_holders).ok_or(ArgError::Limit)?);
+            i += 2;
+        } else if name.eq_ignore_ascii_case(b"PERMITS") && permits.is_none() {
+            let value = value.ok_or(ArgError::Syntax)?;
+            permits = Some(parse_count(value, u32::MAX).ok_or(ArgError::Permits)?);
+            i += 2;
+        } else {
+            return Err(ArgError::Syntax);
+        }
+    }
+    let permits = match (permits, limit) {
+        (None, _) => 1,
+        (Some(k), Some(n)) if k <= n => k,
+        (Some(_), _) => return Err(ArgError::Permits),
+    };
+    Ok(if shared || limit.is_some() {
+        Ask {
+            mode: Mode::Shared,
+            permits,
+            limit,
+        }
+    } else {
+        Ask::EXCLUSIVE
+    })
 }
 
 /// Typed arguments of `RESERVE.RENEW key holder ttl [TOKEN t]`.
@@ -171,13 +229,14 @@ pub struct ReleaseArgs<'a> {
     pub token: Option<u64>,
 }
 
-/// Typed arguments of `RESERVE.WAIT key holder ttl timeout`.
+/// Typed arguments of `RESERVE.WAIT key holder ttl timeout [options]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct WaitArgs<'a> {
     pub key: &'a [u8],
     pub holder: &'a [u8],
     pub ttl_ms: u64,
     pub timeout_ms: Option<u64>,
+    pub ask: Ask,
 }
 
 /// Limits that come from the module configuration.
@@ -185,6 +244,8 @@ pub struct WaitArgs<'a> {
 pub struct Limits {
     pub max_ttl_ms: u64,
     pub max_holder_len: usize,
+    /// Grants per key, and the largest `LIMIT`.
+    pub max_holders: u32,
 }
 
 // `argv` below always includes the command name at index 0, as Redis hands
@@ -196,13 +257,14 @@ pub struct Limits {
 // hard cap applies.
 
 pub fn parse_lock<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<LockArgs<'a>, ArgError> {
-    let [_, key, holder, ttl] = argv else {
+    let [_, key, holder, ttl, rest @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
     Ok(LockArgs {
         key,
         holder: parse_holder(holder, HOLDER_LEN_CAP)?,
         ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
+        ask: parse_ask(rest, limits.max_holders)?,
     })
 }
 
@@ -232,7 +294,7 @@ pub fn parse_release<'a>(argv: &[&'a [u8]]) -> Result<ReleaseArgs<'a>, ArgError>
 }
 
 pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>, ArgError> {
-    let [_, key, holder, ttl, timeout] = argv else {
+    let [_, key, holder, ttl, timeout, rest @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
     Ok(WaitArgs {
@@ -240,6 +302,7 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
         holder: parse_holder(holder, HOLDER_LEN_CAP)?,
         ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
         timeout_ms: parse_timeout(timeout)?,
+        ask: parse_ask(rest, limits.max_holders)?,
     })
 }
 
@@ -306,7 +369,51 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_ttl_ms: 2_592_000_000,
         max_holder_len: 512,
+        max_holders: 100_000,
     };
+
+    #[test]
+    fn lock_and_wait_options() {
+        let ask = |rest: &[&[u8]]| parse_ask(rest, 100);
+        assert_eq!(ask(&[]), Ok(Ask::EXCLUSIVE));
+        let shared = Ask {
+            mode: Mode::Shared,
+            permits: 1,
+            limit: None,
+        };
+        assert_eq!(ask(&[b"shared"]), Ok(shared));
+        let sem = |permits, limit| Ask {
+            mode: Mode::Shared,
+            permits,
+            limit: Some(limit),
+        };
+        assert_eq!(ask(&[b"LIMIT", b"5"]), Ok(sem(1, 5)));
+        assert_eq!(
+            ask(&[b"PERMITS", b"2", b"limit", b"5", b"SHARED"]),
+            Ok(sem(2, 5))
+        );
+        assert_eq!(ask(&[b"LIMIT", b"100"]), Ok(sem(1, 100)));
+        for (rest, e) in [
+            (&[&b"LIMIT"[..], b"0"][..], ArgError::Limit),
+            (&[b"LIMIT", b"101"], ArgError::Limit),
+            (&[b"LIMIT", b"-1"], ArgError::Limit),
+            (&[b"LIMIT", b"x"], ArgError::Limit),
+            (&[b"LIMIT", b"99999999999999999999"], ArgError::Limit),
+            (&[b"PERMITS", b"1"], ArgError::Permits),
+            (&[b"SHARED", b"PERMITS", b"1"], ArgError::Permits),
+            (&[b"LIMIT", b"3", b"PERMITS", b"4"], ArgError::Permits),
+            (&[b"LIMIT", b"3", b"PERMITS", b"0"], ArgError::Permits),
+            (&[b"LIMIT", b"3", b"PERMITS", b"1.5"], ArgError::Permits),
+            (&[b"SHARED", b"SHARED"], ArgError::Syntax),
+            (&[b"LIMIT", b"3", b"LIMIT", b"3"], ArgError::Syntax),
+            (&[b"LIMIT"], ArgError::Syntax),
+            (&[b"LIMIT", b"3", b"PERMITS"], ArgError::Syntax),
+            (&[b"EXCLUSIVE"], ArgError::Syntax),
+            (&[b"TOKEN", b"1"], ArgError::Syntax),
+        ] {
+            assert_eq!(ask(rest), Err(e), "{rest:?}");
+        }
+    }
 
     #[test]
     fn seconds_in_decimal_notation() {
@@ -472,6 +579,15 @@ mod tests {
             parse_wait(&[b"RESERVE.WAIT", b"job", b"w", b"5"], LIMITS),
             Err(ArgError::WrongArity)
         );
+        let wait = parse_wait(
+            &[b"RESERVE.WAIT", b"job", b"w", b"5", b"0", b"SHARED"],
+            LIMITS,
+        );
+        assert_eq!(wait.unwrap().ask.mode, Mode::Shared);
+        assert_eq!(
+            parse_lock(&[b"RESERVE.LOCK", b"job", b"w", b"5", b"x"], LIMITS),
+            Err(ArgError::Syntax)
+        );
     }
 
     #[test]
@@ -500,6 +616,9 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..40),
             "[0-9.eE+-]{0,30}".prop_map(String::into_bytes),
             Just(b"TOKEN".to_vec()),
+            Just(b"SHARED".to_vec()),
+            Just(b"LIMIT".to_vec()),
+            Just(b"PERMITS".to_vec()),
             Just(b"nan".to_vec()),
             Just(b"0".to_vec()),
         ]
@@ -524,6 +643,10 @@ mod tests {
             let _ = parse_release(&argv);
             if let Ok(a) = parse_wait(&argv, LIMITS) {
                 prop_assert!(a.timeout_ms.is_none_or(|t| t > 0 && t <= MAX_TIMEOUT_MS));
+            }
+            if let Ok(ask) = parse_ask(&argv, LIMITS.max_holders) {
+                prop_assert!(ask.permits >= 1);
+                prop_assert!(ask.limit.is_none_or(|n| ask.permits <= n && n <= LIMITS.max_holders));
             }
             if let Ok(a) = parse_set_state(&argv) {
                 prop_assert!(crate::reservation::is_valid_token(a.token));

@@ -18,12 +18,14 @@ use crate::ffi::{
     self, create_timer, is_master, now_ms, reply_error, reply_integer, rm, select_db, stop_timer,
     Ctx, KeyKind, OpenKey, OwnedString, RString,
 };
+use crate::granting::{self, Settled};
+use crate::grants::{admit, Ask, Grant, Occupancy};
 use crate::notify::{notify_bytes, Event};
-use crate::reservation::{Reservation, ReservationRef};
 use crate::state::{
-    bump, issue_token, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter,
-    STATS, WAITERS_QUEUED,
+    bump, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter, STATS,
+    WAITERS_QUEUED,
 };
+use crate::value::ValueRef;
 use crate::waitqueue::{Removed, WaiterId};
 
 /// What a blocked client is told when Redis runs its reply callback.
@@ -41,102 +43,155 @@ enum WaitReply {
     Redirect(String),
 }
 
-// ----- replication of grants -----
+// ----- admission: the one path that grants queued waiters -----
 
-/// Propagates one reservation's full state: holder, exact token, absolute
-/// expiry. Replicas and AOF replay end with exactly what the master has.
-pub fn replicate_state(ctx: Ctx, key: &[u8], r: ReservationRef<'_>, expire_at_ms: i64) {
-    // SAFETY: "bbllll" = two (pointer, length) buffers and four long
-    // longs; Redis copies them into the propagated command.
-    unsafe {
-        rm!(RedisModule_Replicate)(
-            ctx,
-            c"RESERVE.SETSTATE".as_ptr(),
-            c"bbllll".as_ptr(),
-            key.as_ptr(),
-            key.len(),
-            r.holder().as_ptr(),
-            r.holder().len(),
-            r.token() as i64,
-            r.acquired_at_ms(),
-            r.renewals() as i64,
-            expire_at_ms,
-        )
-    };
-}
-
-/// A new fencing token, or the exhausted-counter error (logged: it needs an
-/// operator, and no grant may ever reuse or saturate a token).
-pub fn new_token(ctx: Ctx, now: i64) -> Result<u64, &'static str> {
-    issue_token(now).map_err(|_| {
-        ffi::log_warning(
-            ctx,
-            "reservation: the fencing token counter is at its ceiling (2^53-1): \
-             no grant can get a new token. A token that high was loaded from an \
-             RDB, a RESTORE payload or a master.",
-        );
-        errors::TOKENS_EXHAUSTED
-    })
-}
-
-/// Creates a reservation for `holder` on an empty key with `token` (fresh
-/// from `new_token`).
-pub fn grant(
-    ctx: Ctx,
-    key: &OpenKey,
-    name: &[u8],
-    holder: &[u8],
-    ttl_ms: u64,
-    token: u64,
-    now: i64,
-) {
-    let r = Reservation::new(holder, token, now);
-    let expire_at = now.saturating_add(ttl_ms as i64);
-    replicate_state(ctx, name, r.view(), expire_at);
-    key.set_reservation(r);
-    key.set_abs_expire(expire_at);
-    bump(&STATS.grants);
-}
-
-// ----- handoff -----
-
-/// Gives the (empty) key to the oldest waiter, if any: new token, the
-/// waiter's TTL, propagated, and the waiter unblocked with its token.
-pub fn hand_off(
+/// Grants the queued waiters of `qk` that fit now, oldest first, by the
+/// one admission rule (`grants::admit`): a free key goes to an exclusive
+/// head alone (a plain mutex, as before any other primitive existed) or to
+/// the shared requests at the head together; a set key takes the requests
+/// that fit beside its grants. Every grant is propagated and each waiter
+/// unblocked with its token. Returns how many were granted.
+pub fn admit_waiters(
     ctx: Ctx,
     st: &mut ModuleState,
     key: &OpenKey,
     qk: &QueueKey,
     now: i64,
-) -> Option<u64> {
+) -> usize {
+    let Some((occupancy, _)) = granting::occupancy(key, b"") else {
+        return 0;
+    };
+    let occupancy = with_queue_limit(st, qk, occupancy);
+    let max = crate::config::max_holders();
+    let asks = st.waiters.iter(qk).map(|(_, w)| queued_ask(w));
+    let n = admit(occupancy, asks, max);
+    if n == 0 {
+        return 0;
+    }
+    let head_exclusive = st
+        .waiters
+        .front(qk)
+        .is_some_and(|(_, w)| w.ask.is_exclusive());
+    if occupancy.grants == 0 && head_exclusive {
+        return usize::from(hand_off(ctx, st, key, qk, now).is_some());
+    }
+    let mut granted = Vec::with_capacity(n);
+    for _ in 0..n {
+        // Waiters stay queued when no token can be had.
+        let Ok(token) = granting::new_token(ctx, now) else {
+            break;
+        };
+        let Some(waiter) = take_head(ctx, st, qk) else {
+            break;
+        };
+        let grant = Grant {
+            holder: waiter.holder.clone(),
+            token,
+            acquired_at_ms: now,
+            expires_at_ms: now.saturating_add(waiter.ttl_ms as i64),
+            renewals: 0,
+            mode: waiter.ask.mode,
+            permits: waiter.ask.permits,
+        };
+        granting::put_grant(key, grant, Some(occupancy.limit));
+        granted.push((waiter, token));
+    }
+    let settled = granting::settle(ctx, key, &qk.key);
+    sync_set_timer(ctx, st, qk, &settled, now);
+    sync_expiry_timer(ctx, st, qk, key.abs_expire(), now);
+    for (waiter, token) in &granted {
+        bump(&STATS.grants);
+        bump(&STATS.handoffs);
+        notify_bytes(ctx, Event::Grant, &qk.key);
+        deliver(st, qk, waiter, *token);
+    }
+    st.publish_waiter_count();
+    granted.len()
+}
+
+/// A LIMIT counts from when it arrives (latest wins): it is already the
+/// set's, or the queue's while the key holds no grant. So a queued request
+/// is judged without its own.
+fn queued_ask(w: &Waiter) -> Ask {
+    Ask {
+        limit: None,
+        ..w.ask
+    }
+}
+
+fn with_queue_limit(st: &mut ModuleState, qk: &QueueKey, mut occupancy: Occupancy) -> Occupancy {
+    if occupancy.grants == 0 {
+        occupancy.limit = st.waiters.meta_mut(qk).and_then(|m| m.limit).unwrap_or(0);
+    }
+    occupancy
+}
+
+/// Whether the oldest waiter of `qk` would be granted beside `occupancy`.
+pub fn head_fits(st: &mut ModuleState, qk: &QueueKey, occupancy: Occupancy) -> bool {
+    let occupancy = with_queue_limit(st, qk, occupancy);
+    st.waiters
+        .front(qk)
+        .is_some_and(|(_, w)| occupancy.fits(&queued_ask(w)))
+}
+
+/// After a grant set changed outside admission (a release, a renewal, an
+/// expiry, a downgrade): grants the waiters that now fit, then stores and
+/// propagates the key and keeps its timer at the earliest grant expiry.
+pub fn settle_and_admit(ctx: Ctx, st: &mut ModuleState, key: &OpenKey, qk: &QueueKey, now: i64) {
+    let settled = granting::settle(ctx, key, &qk.key);
+    sync_set_timer(ctx, st, qk, &settled, now);
+    if st.waiters.len(qk) > 0 && admit_waiters(ctx, st, key, qk, now) == 0 {
+        sync_expiry_timer(ctx, st, qk, key.abs_expire(), now);
+    }
+}
+
+/// Gives the (empty) key to the oldest waiter, an exclusive request, as a
+/// mutex: new token, the waiter's TTL, propagated, and the waiter unblocked
+/// with its token.
+fn hand_off(ctx: Ctx, st: &mut ModuleState, key: &OpenKey, qk: &QueueKey, now: i64) -> Option<u64> {
     if st.waiters.len(qk) == 0 {
         return None;
     }
     // Waiters stay queued when no token can be had.
-    let token = new_token(ctx, now).ok()?;
-    let removed = st.waiters.pop_front(qk)?;
-    let waiter = removed.value;
-    grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, token, now);
+    let token = granting::new_token(ctx, now).ok()?;
+    let waiter = take_head(ctx, st, qk)?;
+    granting::grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, token, now);
     bump(&STATS.handoffs);
     notify_bytes(ctx, Event::Grant, &qk.key);
-    forget_waiter(ctx, st, &waiter);
-    st.undelivered.insert(waiter.client);
-    match removed.emptied {
-        Some(meta) => cancel_expiry_timer(ctx, meta),
-        None => sync_expiry_timer(ctx, st, qk, key.abs_expire(), now),
+    if st.waiters.len(qk) > 0 {
+        sync_expiry_timer(ctx, st, qk, key.abs_expire(), now);
     }
+    deliver(st, qk, &waiter, token);
+    st.publish_waiter_count();
+    Some(token)
+}
+
+/// Takes the oldest waiter of `qk` out of the queue for a grant: its
+/// client mapping and timeout go, and so does the queue's timer when the
+/// queue empties.
+fn take_head(ctx: Ctx, st: &mut ModuleState, qk: &QueueKey) -> Option<Waiter> {
+    let removed = st.waiters.pop_front(qk)?;
+    forget_waiter(ctx, st, &removed.value);
+    if let Some(meta) = removed.emptied {
+        cancel_expiry_timer(ctx, meta);
+    }
+    Some(removed.value)
+}
+
+/// Unblocks a granted waiter with its token. Until Redis sends the reply
+/// the grant is "undelivered": a client gone meanwhile has it released.
+fn deliver(st: &mut ModuleState, qk: &QueueKey, waiter: &Waiter, token: u64) {
+    st.undelivered.insert(waiter.client);
     unblock(
         waiter.client,
         WaitReply::Granted {
             token,
             key: qk.clone(),
-            holder: waiter.holder,
+            holder: waiter.holder.clone(),
             client: waiter.client,
             delivered: false,
         },
     );
-    st.publish_waiter_count();
-    Some(token)
 }
 
 /// Drops a waiter's bookkeeping (its client mapping and timeout timer).
@@ -158,6 +213,14 @@ fn unblock(client: BlockedClient, reply: WaitReply) {
 
 // ----- blocking a client -----
 
+/// Records a request's `LIMIT` as the latest on `qk`'s queue (if anyone
+/// waits there).
+pub fn note_limit(st: &mut ModuleState, qk: &QueueKey, limit: Option<u32>) {
+    if let (Some(limit), Some(meta)) = (limit, st.waiters.meta_mut(qk)) {
+        meta.limit = Some(limit);
+    }
+}
+
 /// Queues the calling client behind `qk`'s waiters. The caller has already
 /// found the key held; the client gets its reply when granted or timed out.
 #[allow(clippy::too_many_arguments)]
@@ -167,6 +230,7 @@ pub fn block_waiter(
     qk: QueueKey,
     holder: &[u8],
     ttl_ms: u64,
+    ask: Ask,
     timeout_ms: Option<u64>,
     key_expire: Option<i64>,
     now: i64,
@@ -195,6 +259,7 @@ pub fn block_waiter(
     let waiter = Waiter {
         holder: holder.into(),
         ttl_ms,
+        ask,
         client,
         timeout_timer: None,
     };
@@ -206,6 +271,7 @@ pub fn block_waiter(
         }
     };
     st.by_client.insert(client, id);
+    note_limit(st, &qk, ask.limit);
     if let Some(timeout) = timeout_ms {
         let timer = create_timer(ctx, timeout as i64, waiter_timed_out, waiter_timer_data(id));
         if let Some(w) = st.waiters.get_mut(id) {
@@ -505,9 +571,11 @@ extern "C" fn process_pending(ctx: Ctx, _data: *mut c_void) {
     }
 }
 
-/// Looks at a key with waiters after something happened to it: grants the
-/// oldest waiter if it is free, re-arms the expiry timer if it is held,
-/// fails every waiter with WRONGTYPE if it became another kind of value.
+/// Looks at a key after something happened to it (or its timer fired):
+/// ends the expired grants of a set key and grants the waiters that then
+/// fit; grants the oldest waiters of a free key; re-arms the expiry timer
+/// of a held one; fails every waiter with WRONGTYPE if it became another
+/// kind of value.
 pub fn check_key(ctx: Ctx, qk: &QueueKey) {
     if !is_master(ctx) {
         return;
@@ -522,14 +590,27 @@ pub fn check_key(ctx: Ctx, qk: &QueueKey) {
         KeyKind::Empty => cluster::route(ctx, &qk.key),
         _ => Route::Mine,
     };
+    if let KeyKind::Reservation(raw) = kind {
+        if granting::as_set(raw).is_some() {
+            granting::end_expired(ctx, &key, &qk.key, now);
+            if let Some(mut st) = state() {
+                settle_and_admit(ctx, &mut st, &key, qk, now);
+            }
+            return;
+        }
+    }
     let Some(mut st) = state() else { return };
+    if let Some((id, _)) = st.set_timers.remove(qk) {
+        // No set here any more (deleted, replaced, moved).
+        free_expiry_timer_data(stop_timer(ctx, id));
+    }
     if st.waiters.len(qk) == 0 {
         return;
     }
     match kind {
         KeyKind::Empty => match route {
             Route::Mine => {
-                hand_off(ctx, &mut st, &key, qk, now);
+                admit_waiters(ctx, &mut st, &key, qk, now);
             }
             Route::Ask { slot, addr } => {
                 redirect_all(ctx, &mut st, qk, &format!("ASK {slot} {addr}"))
@@ -550,6 +631,36 @@ pub fn check_key(ctx: Ctx, qk: &QueueKey) {
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Keeps one timer per grant-set key at its earliest grant expiry (none
+/// for a key that is no set any more).
+pub fn sync_set_timer(ctx: Ctx, st: &mut ModuleState, qk: &QueueKey, settled: &Settled, now: i64) {
+    let fire_at = match settled {
+        Settled::Set { earliest } => Some(*earliest),
+        Settled::Deleted | Settled::Mutex => None,
+    };
+    if st.set_timers.get(qk).map(|&(_, at)| at) == fire_at {
+        return;
+    }
+    if let Some((id, _)) = st.set_timers.remove(qk) {
+        free_expiry_timer_data(stop_timer(ctx, id));
+    }
+    if let Some(at) = fire_at {
+        let data = Box::into_raw(Box::new(qk.clone()));
+        let delay = expiry_timer_delay(at, now, ffi::now_us());
+        let id = create_timer(ctx, delay, set_timer_fired, data.cast());
+        st.set_timers.insert(qk.clone(), (id, at));
+    }
+}
+
+extern "C" fn set_timer_fired(ctx: Ctx, data: *mut c_void) {
+    // SAFETY: set timers carry a Box<QueueKey>; a fired timer owns it.
+    let qk = *unsafe { Box::from_raw(data.cast::<QueueKey>()) };
+    if let Some(mut st) = state() {
+        st.set_timers.remove(&qk);
+    }
+    check_key(ctx, &qk);
 }
 
 /// Unblocks every waiter of `qk` with the reply `make` builds; returns how
@@ -580,23 +691,64 @@ fn release_orphan(ctx: Ctx, orphan: Orphan) {
     select_db(ctx, orphan.key.db);
     let name = OwnedString::new(ctx, &orphan.key.key);
     let key = OpenKey::write(ctx, name.as_ptr());
-    let KeyKind::Reservation(r) = key.kind() else {
-        return;
+    let now = now_ms();
+    if let Some(mut st) = state() {
+        release_grant(
+            ctx,
+            &mut st,
+            &key,
+            &orphan.key,
+            &orphan.holder,
+            Some(orphan.token),
+            now,
+        );
+    }
+}
+
+/// Ends `holder`'s grant on the key (only with that token, when given): the
+/// one path for RELEASE and for grants whose client vanished. Waiters that
+/// now fit are granted in the same step. False when `holder` holds none.
+pub fn release_grant(
+    ctx: Ctx,
+    st: &mut ModuleState,
+    key: &OpenKey,
+    qk: &QueueKey,
+    holder: &[u8],
+    token: Option<u64>,
+    now: i64,
+) -> bool {
+    let KeyKind::Reservation(raw) = key.kind() else {
+        return false;
     };
-    // SAFETY: the value stays alive while the key is open and untouched.
-    let still_theirs =
-        unsafe { ReservationRef::from_raw(r) }.is_held_by(&orphan.holder, Some(orphan.token));
-    if !still_theirs {
-        return;
+    if granting::as_set(raw).is_some() {
+        granting::end_expired(ctx, key, &qk.key, now);
+        let removed = granting::with_set(key, |set| {
+            let theirs = set
+                .find(holder)
+                .is_some_and(|g| token.is_none_or(|t| t == g.token));
+            theirs && set.remove(holder).is_some()
+        })
+        .unwrap_or(false);
+        if removed {
+            bump(&STATS.releases);
+            notify_bytes(ctx, Event::Release, &qk.key);
+        }
+        settle_and_admit(ctx, st, key, qk, now);
+        return removed;
+    }
+    let Some(ValueRef::Mutex(r)) = granting::value_of(key) else {
+        return false;
+    };
+    if !r.is_held_by(holder, token) {
+        return false;
     }
     key.delete();
     bump(&STATS.releases);
-    notify_bytes(ctx, Event::Release, &orphan.key.key);
-    let now = now_ms();
-    let handed = state().and_then(|mut st| hand_off(ctx, &mut st, &key, &orphan.key, now));
-    if handed.is_none() {
-        ffi::replicate(ctx, c"DEL", &[&orphan.key.key]);
+    notify_bytes(ctx, Event::Release, &qk.key);
+    if st.waiters.len(qk) == 0 || admit_waiters(ctx, st, key, qk, now) == 0 {
+        ffi::replicate(ctx, c"DEL", &[&qk.key]);
     }
+    true
 }
 
 /// From callbacks that have no context of their own (the data type's

@@ -12,18 +12,21 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use redis_module::raw;
 
 use crate::args::{self, ArgError};
-use crate::blocking::{self, block_waiter, grant, hand_off, queue_key, replicate_state};
+use crate::blocking::{self, block_waiter, queue_key};
 use crate::config;
 use crate::errors;
 use crate::ffi::{
     self, context_flags, log_warning, now_ms, reply_bulk, reply_error, reply_integer, reply_map,
     reply_null, reply_wrong_arity, rm, Ctx, KeyKind, OpenKey, RString,
 };
+use crate::granting::{self, grant, replicate_state};
+use crate::grants::{decide_acquire, Acquire, Ask, Grant, GrantSet, Mode};
 use crate::notify::{notify, Event};
 use crate::reservation::{
     decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation, ReservationRef,
 };
 use crate::state::{bump, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED};
+use crate::value::ValueRef;
 
 /// Why a command failed.
 pub enum Failure {
@@ -94,7 +97,10 @@ fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
         KeyKind::Empty => Current::Free,
         // SAFETY: the value lives as long as the key stays open and is
         // not replaced; callers drop this view before changing the key.
-        KeyKind::Reservation(r) => Current::Held(unsafe { ReservationRef::from_raw(r) }),
+        KeyKind::Reservation(r) => match unsafe { ValueRef::from_raw(r) } {
+            ValueRef::Mutex(r) => Current::Held(r),
+            ValueRef::Set(set) => Current::Grants(set),
+        },
         KeyKind::LegacyString => Current::Legacy(key.string_value()),
         KeyKind::Other => return Err(errors::WRONGTYPE.into()),
     })
@@ -131,17 +137,38 @@ enum OnHeld {
     Block { timeout_ms: Option<u64> },
 }
 
-/// `RESERVE.LOCK key holder ttl`: token, the same token on re-acquire, or
-/// 0 when held. O(1).
+/// One LOCK or WAIT, parsed.
+struct Request<'a> {
+    name: RString,
+    key: &'a [u8],
+    holder: &'a [u8],
+    ttl_ms: u64,
+    ask: Ask,
+    on_held: OnHeld,
+}
+
+/// `RESERVE.LOCK key holder ttl [SHARED] [LIMIT n] [PERMITS k]`: token,
+/// the same token on re-acquire, or 0 when it does not fit. O(1) for a
+/// mutex; O(grants) on a key with shared grants.
 pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_lock(argv, config::limits())?;
     refuse_on_replica(ctx)?;
-    acquire(ctx, raw_args[1], a.key, a.holder, a.ttl_ms, OnHeld::Answer0)
+    acquire(
+        ctx,
+        Request {
+            name: raw_args[1],
+            key: a.key,
+            holder: a.holder,
+            ttl_ms: a.ttl_ms,
+            ask: a.ask,
+            on_held: OnHeld::Answer0,
+        },
+    )
 }
 
-/// `RESERVE.WAIT key holder ttl timeout`: like LOCK when it can acquire
-/// now; otherwise blocks in the key's FIFO queue. Inside MULTI, scripts and
-/// functions it behaves exactly like LOCK.
+/// `RESERVE.WAIT key holder ttl timeout [options]`: like LOCK when it can
+/// acquire now; otherwise blocks in the key's FIFO queue. Inside MULTI,
+/// scripts and functions it behaves exactly like LOCK.
 pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_wait(argv, config::limits())?;
     refuse_on_replica(ctx)?;
@@ -153,35 +180,39 @@ pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
     } else {
         OnHeld::Answer0
     };
-    acquire(ctx, raw_args[1], a.key, a.holder, a.ttl_ms, on_held)
+    acquire(
+        ctx,
+        Request {
+            name: raw_args[1],
+            key: a.key,
+            holder: a.holder,
+            ttl_ms: a.ttl_ms,
+            ask: a.ask,
+            on_held,
+        },
+    )
 }
 
-fn acquire(
-    ctx: Ctx,
-    name: RString,
-    key_name: &[u8],
-    holder: &[u8],
-    ttl_ms: u64,
-    on_held: OnHeld,
-) -> Result<(), Failure> {
-    let key = OpenKey::write(ctx, name);
+fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
+    let key = OpenKey::write(ctx, req.name);
     let now = now_ms();
     let cur = current(&key)?;
-    let mut st = module_state()?;
-    let queued = waiters_on(ctx, &st, key_name);
-    let decision = decide_lock(cur, holder, queued.is_some());
-    // The setting bounds new holders only: one accepted before it was
-    // lowered still re-acquires.
-    if !matches!(decision, LockDecision::Reacquire { .. })
-        && holder.len() > config::limits().max_holder_len
-    {
-        return Err(errors::INVALID_HOLDER.into());
+    if req.ask != Ask::EXCLUSIVE || matches!(cur, Current::Grants(_)) {
+        return acquire_shared(ctx, &key, req, now);
     }
+    // The mutex: exactly the first release's path.
+    let mut st = module_state()?;
+    let queued = waiters_on(ctx, &st, req.key);
+    let decision = decide_lock(cur, req.holder, queued.is_some());
+    check_new_holder(
+        req.holder,
+        matches!(decision, LockDecision::Reacquire { .. }),
+    )?;
     match decision {
         LockDecision::Grant => {
-            let token = blocking::new_token(ctx, now)?;
-            grant(ctx, &key, key_name, holder, ttl_ms, token, now);
-            notify(ctx, Event::Lock, name);
+            let token = granting::new_token(ctx, now)?;
+            grant(ctx, &key, req.key, req.holder, req.ttl_ms, token, now);
+            notify(ctx, Event::Lock, req.name);
             reply_integer(ctx, token as i64);
             return Ok(());
         }
@@ -189,11 +220,11 @@ fn acquire(
             let Current::Held(r) = cur else {
                 return Err(errors::INTERNAL_PANIC.into());
             };
-            let expire_at = now.saturating_add(ttl_ms as i64);
-            replicate_state(ctx, key_name, r, expire_at);
+            let expire_at = now.saturating_add(req.ttl_ms as i64);
+            replicate_state(ctx, req.key, r, expire_at);
             key.set_abs_expire(expire_at);
             bump(&STATS.reacquires);
-            notify(ctx, Event::Lock, name);
+            notify(ctx, Event::Lock, req.name);
             if let Some(qk) = &queued {
                 blocking::sync_expiry_timer(ctx, &mut st, qk, Some(expire_at), now);
             }
@@ -202,25 +233,46 @@ fn acquire(
         }
         LockDecision::HandOffFirst => {
             if let Some(qk) = &queued {
-                hand_off(ctx, &mut st, &key, qk, now);
+                blocking::admit_waiters(ctx, &mut st, &key, qk, now);
             }
         }
         LockDecision::Held => {}
     }
-    match on_held {
+    on_held(ctx, &mut st, &key, &req, now)
+}
+
+/// The setting bounds new holders only: one accepted before it was
+/// lowered still re-acquires.
+fn check_new_holder(holder: &[u8], reacquire: bool) -> Result<(), Failure> {
+    if !reacquire && holder.len() > config::limits().max_holder_len {
+        return Err(errors::INVALID_HOLDER.into());
+    }
+    Ok(())
+}
+
+/// LOCK answers 0; WAIT queues.
+fn on_held(
+    ctx: Ctx,
+    st: &mut ModuleState,
+    key: &OpenKey,
+    req: &Request<'_>,
+    now: i64,
+) -> Result<(), Failure> {
+    match req.on_held {
         OnHeld::Answer0 => {
             bump(&STATS.contended);
             reply_integer(ctx, 0);
             Ok(())
         }
         OnHeld::Block { timeout_ms } => {
-            let qk = queued.unwrap_or_else(|| queue_key(ctx, key_name));
+            let qk = queue_key(ctx, req.key);
             block_waiter(
                 ctx,
-                &mut st,
+                st,
                 qk,
-                holder,
-                ttl_ms,
+                req.holder,
+                req.ttl_ms,
+                req.ask,
                 timeout_ms,
                 key.abs_expire(),
                 now,
@@ -228,6 +280,126 @@ fn acquire(
             .map_err(Failure::from)
         }
     }
+}
+
+/// LOCK and WAIT for shared grants and semaphores, and any request on a
+/// key that holds them (SPEC section 9): expired grants end first, a
+/// `LIMIT` becomes the key's, then the engine decides.
+fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result<(), Failure> {
+    let qk = queue_key(ctx, req.key);
+    let ended = granting::end_expired(ctx, key, req.key, now);
+    let limit_changed = req.ask.limit.is_some_and(|limit| {
+        granting::with_set(key, |set| {
+            let changed = set.limit() != limit;
+            set.set_limit(limit);
+            changed
+        })
+        .unwrap_or(false)
+    });
+    let mut st = module_state()?;
+    blocking::note_limit(&mut st, &qk, req.ask.limit);
+    // What changed above still has to be stored and propagated, whatever
+    // the decision below.
+    let mut dirty = ended > 0 || limit_changed;
+    // Twice at most: waiters admitted first, then the request itself.
+    for _ in 0..2 {
+        let (occupancy, mine) =
+            granting::occupancy(key, req.holder).ok_or(Failure::Message(errors::WRONGTYPE))?;
+        let queued = st.waiters.len(&qk) > 0;
+        let head_fits = blocking::head_fits(&mut st, &qk, occupancy);
+        let decision = decide_acquire(
+            occupancy,
+            mine,
+            req.ask,
+            queued,
+            head_fits,
+            config::max_holders(),
+        );
+        let reacquire = matches!(
+            decision,
+            Acquire::Reacquire { .. } | Acquire::Change | Acquire::ChangeRefused
+        );
+        if let Err(e) = check_new_holder(req.holder, reacquire) {
+            if dirty {
+                blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+            }
+            return Err(e);
+        }
+        let expires_at_ms = now.saturating_add(req.ttl_ms as i64);
+        match decision {
+            Acquire::AdmitFirst => {
+                if dirty {
+                    blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+                    dirty = false;
+                } else {
+                    blocking::admit_waiters(ctx, &mut st, key, &qk, now);
+                }
+                continue;
+            }
+            Acquire::Grant | Acquire::Change => {
+                let token = granting::new_token(ctx, now)?;
+                let new_grant = Grant {
+                    holder: req.holder.into(),
+                    token,
+                    acquired_at_ms: now,
+                    expires_at_ms,
+                    renewals: 0,
+                    mode: req.ask.mode,
+                    permits: req.ask.permits,
+                };
+                if req.ask.is_exclusive() && occupancy.grants == 0 {
+                    // A free key (or an emptied set) taken exclusively is a
+                    // mutex; `grant` replaces whatever value was there.
+                    grant(ctx, key, req.key, req.holder, req.ttl_ms, token, now);
+                } else {
+                    granting::put_grant(key, new_grant, req.ask.limit);
+                    bump(&STATS.grants);
+                }
+                blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+                notify(ctx, Event::Lock, req.name);
+                reply_integer(ctx, token as i64);
+                return Ok(());
+            }
+            Acquire::Reacquire { token } => {
+                granting::with_set(key, |set| {
+                    if let Some(g) = set.find_mut(req.holder) {
+                        g.expires_at_ms = expires_at_ms;
+                    }
+                });
+                bump(&STATS.reacquires);
+                blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+                notify(ctx, Event::Lock, req.name);
+                reply_integer(ctx, token as i64);
+                return Ok(());
+            }
+            Acquire::ChangeRefused => {
+                if dirty {
+                    blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+                }
+                return match req.on_held {
+                    OnHeld::Answer0 => {
+                        bump(&STATS.contended);
+                        reply_integer(ctx, 0);
+                        Ok(())
+                    }
+                    OnHeld::Block { .. } => Err(errors::ALREADY_HOLDS.into()),
+                };
+            }
+            Acquire::TooManyHolders => {
+                if dirty {
+                    blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+                }
+                return Err(errors::TOO_MANY_HOLDERS.into());
+            }
+            Acquire::Held => {
+                if dirty {
+                    blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+                }
+                return on_held(ctx, &mut st, key, &req, now);
+            }
+        }
+    }
+    on_held(ctx, &mut st, key, &req, now)
 }
 
 /// `RESERVE.RENEW key holder ttl [TOKEN t]`: 1 when `holder` holds it (and
@@ -238,7 +410,20 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
     let key = OpenKey::write(ctx, raw_args[1]);
     let now = now_ms();
     let expire_at = now.saturating_add(a.ttl_ms as i64);
-    let decision = decide_owner(current(&key)?, a.holder, a.token);
+    let cur = current(&key)?;
+    if let Current::Grants(_) = cur {
+        return renew_grant(
+            ctx,
+            &key,
+            raw_args[1],
+            a.key,
+            a.holder,
+            a.token,
+            expire_at,
+            now,
+        );
+    }
+    let decision = decide_owner(cur, a.holder, a.token);
     match decision {
         OwnerDecision::Owner => {
             let KeyKind::Reservation(r) = key.kind() else {
@@ -272,6 +457,44 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
     Ok(())
 }
 
+/// RENEW of one grant of a set key: only that grant's expiry moves (the
+/// key's Redis expiry follows its latest grant). Expired grants end first.
+#[allow(clippy::too_many_arguments)]
+fn renew_grant(
+    ctx: Ctx,
+    key: &OpenKey,
+    name: RString,
+    key_name: &[u8],
+    holder: &[u8],
+    token: Option<u64>,
+    expire_at: i64,
+    now: i64,
+) -> Result<(), Failure> {
+    let ended = granting::end_expired(ctx, key, key_name, now);
+    let renewed = granting::with_set(key, |set| match set.find_mut(holder) {
+        Some(g) if token.is_none_or(|t| t == g.token) => {
+            g.expires_at_ms = expire_at;
+            g.renewals = g.renewals.saturating_add(1);
+            true
+        }
+        _ => false,
+    })
+    .unwrap_or(false);
+    if renewed || ended > 0 {
+        let mut st = module_state()?;
+        let qk = queue_key(ctx, key_name);
+        blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
+    }
+    if renewed {
+        bump(&STATS.renewals);
+        notify(ctx, Event::Renew, name);
+    } else {
+        bump(&STATS.renew_failures);
+    }
+    reply_integer(ctx, i64::from(renewed));
+    Ok(())
+}
+
 /// `RESERVE.RELEASE key holder [TOKEN t]`: 1 when `holder` holds it (and
 /// its token is `t`): released and handed to the oldest waiter in the same
 /// step; else 0 and nothing changes. O(1) whatever the queue length.
@@ -279,64 +502,155 @@ pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Fai
     let a = args::parse_release(argv)?;
     refuse_on_replica(ctx)?;
     let key = OpenKey::write(ctx, raw_args[1]);
-    if decide_owner(current(&key)?, a.holder, a.token) == OwnerDecision::NotOwner {
-        bump(&STATS.release_failures);
-        reply_integer(ctx, 0);
+    let now = now_ms();
+    let cur = current(&key)?;
+    if let Current::Legacy(_) = cur {
+        // An old library's lock: only its holder, never with a token.
+        if decide_owner(cur, a.holder, a.token) == OwnerDecision::NotOwner {
+            bump(&STATS.release_failures);
+            reply_integer(ctx, 0);
+            return Ok(());
+        }
+        key.delete();
+        bump(&STATS.releases);
+        notify(ctx, Event::Release, raw_args[1]);
+        let mut st = module_state()?;
+        let qk = queue_key(ctx, a.key);
+        if st.waiters.len(&qk) == 0 || blocking::admit_waiters(ctx, &mut st, &key, &qk, now) == 0 {
+            ffi::replicate(ctx, c"DEL", &[a.key]);
+        }
+        reply_integer(ctx, 1);
         return Ok(());
     }
-    key.delete();
-    bump(&STATS.releases);
-    notify(ctx, Event::Release, raw_args[1]);
     let mut st = module_state()?;
-    let handed = match waiters_on(ctx, &st, a.key) {
-        Some(qk) => hand_off(ctx, &mut st, &key, &qk, now_ms()),
-        None => None,
-    };
-    if handed.is_none() {
-        ffi::replicate(ctx, c"DEL", &[a.key]);
+    let qk = queue_key(ctx, a.key);
+    let released = blocking::release_grant(ctx, &mut st, &key, &qk, a.holder, a.token, now);
+    if !released {
+        bump(&STATS.release_failures);
     }
-    reply_integer(ctx, 1);
+    reply_integer(ctx, i64::from(released));
     Ok(())
 }
 
-/// `RESERVE.INFO key`: nil, or holder, token, ttl_ms, acquired_at_ms,
-/// renewals, waiters and queue (a map in RESP3, flat pairs in RESP2).
-/// O(1) plus the length of the queue.
+/// One grant as INFO shows it.
+struct Shown<'a> {
+    holder: &'a [u8],
+    token: u64,
+    ttl_ms: i64,
+    acquired_at_ms: i64,
+    renewals: u64,
+    mode: Mode,
+    permits: u32,
+}
+
+fn mode_name(mode: Mode) -> &'static [u8] {
+    match mode {
+        Mode::Exclusive => b"exclusive",
+        Mode::Shared => b"shared",
+    }
+}
+
+/// `RESERVE.INFO key`: nil, or the oldest grant's holder, token, ttl_ms,
+/// acquired_at_ms and renewals, then mode, limit, permits_used, waiters,
+/// queue and holders (one entry per grant, oldest first): a map in RESP3,
+/// flat pairs in RESP2. O(grants + waiters).
 pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let [_, name] = argv else {
         return Err(Failure::Arity);
     };
     let key = OpenKey::read(ctx, raw_args[1]);
     let now = now_ms();
-    let (holder, token, acquired_at, renewals): (&[u8], u64, i64, u64) = match current(&key)? {
-        Current::Free => {
-            reply_null(ctx);
-            return Ok(());
-        }
-        Current::Held(r) => (r.holder(), r.token(), r.acquired_at_ms(), r.renewals()),
-        // An old library's reservation has no token or history.
-        Current::Legacy(value) => (value, 0, 0, 0),
+    let key_ttl = key.abs_expire().map_or(-1, |e| (e - now).max(0));
+    let exclusive = |holder, token, acquired_at_ms, renewals| Shown {
+        holder,
+        token,
+        ttl_ms: key_ttl,
+        acquired_at_ms,
+        renewals,
+        mode: Mode::Exclusive,
+        permits: 1,
     };
-    let ttl_ms = key.abs_expire().map_or(-1, |e| (e - now).max(0));
+    let (grants, limit): (Vec<Shown<'_>>, u32) = match current(&key)? {
+        Current::Free => (Vec::new(), 0),
+        Current::Held(r) => (
+            vec![exclusive(
+                r.holder(),
+                r.token(),
+                r.acquired_at_ms(),
+                r.renewals(),
+            )],
+            0,
+        ),
+        // An old library's reservation has no token or history.
+        Current::Legacy(value) => (vec![exclusive(value, 0, 0, 0)], 0),
+        // Grants whose time is up count as gone, even before their timer
+        // (or, on a replica, the master) removes them.
+        Current::Grants(set) => (
+            set.grants()
+                .iter()
+                .filter(|g| g.expires_at_ms > now)
+                .map(|g| Shown {
+                    holder: &g.holder,
+                    token: g.token,
+                    ttl_ms: g.expires_at_ms - now,
+                    acquired_at_ms: g.acquired_at_ms,
+                    renewals: u64::from(g.renewals),
+                    mode: g.mode,
+                    permits: g.permits,
+                })
+                .collect(),
+            set.limit(),
+        ),
+    };
+    let Some(oldest) = grants.first() else {
+        reply_null(ctx);
+        return Ok(());
+    };
+    let permits_used: u64 = grants.iter().map(|g| u64::from(g.permits)).sum();
     let st = module_state()?;
     let qk = queue_key(ctx, name);
-    reply_map(ctx, 7);
+    reply_map(ctx, 11);
     reply_bulk(ctx, b"holder");
-    reply_bulk(ctx, holder);
+    reply_bulk(ctx, oldest.holder);
     reply_bulk(ctx, b"token");
-    reply_integer(ctx, token as i64);
+    reply_integer(ctx, oldest.token as i64);
     reply_bulk(ctx, b"ttl_ms");
-    reply_integer(ctx, ttl_ms);
+    reply_integer(ctx, oldest.ttl_ms);
     reply_bulk(ctx, b"acquired_at_ms");
-    reply_integer(ctx, acquired_at);
+    reply_integer(ctx, oldest.acquired_at_ms);
     reply_bulk(ctx, b"renewals");
-    reply_integer(ctx, renewals as i64);
+    reply_integer(ctx, oldest.renewals as i64);
+    reply_bulk(ctx, b"mode");
+    reply_bulk(ctx, mode_name(oldest.mode));
+    reply_bulk(ctx, b"limit");
+    reply_integer(ctx, i64::from(limit));
+    reply_bulk(ctx, b"permits_used");
+    reply_integer(ctx, permits_used as i64);
     reply_bulk(ctx, b"waiters");
     reply_integer(ctx, st.waiters.len(&qk) as i64);
     reply_bulk(ctx, b"queue");
     ffi::reply_array(ctx, st.waiters.len(&qk));
     for (_, w) in st.waiters.iter(&qk) {
         reply_bulk(ctx, &w.holder);
+    }
+    reply_bulk(ctx, b"holders");
+    ffi::reply_array(ctx, grants.len());
+    for g in &grants {
+        reply_map(ctx, 7);
+        reply_bulk(ctx, b"holder");
+        reply_bulk(ctx, g.holder);
+        reply_bulk(ctx, b"token");
+        reply_integer(ctx, g.token as i64);
+        reply_bulk(ctx, b"ttl_ms");
+        reply_integer(ctx, g.ttl_ms);
+        reply_bulk(ctx, b"acquired_at_ms");
+        reply_integer(ctx, g.acquired_at_ms);
+        reply_bulk(ctx, b"renewals");
+        reply_integer(ctx, g.renewals as i64);
+        reply_bulk(ctx, b"mode");
+        reply_bulk(ctx, mode_name(g.mode));
+        reply_bulk(ctx, b"permits");
+        reply_integer(ctx, i64::from(g.permits));
     }
     Ok(())
 }
@@ -362,6 +676,31 @@ pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), F
     }
     observe_token(a.token);
     // A replica passes it on to its own AOF; the arguments are absolute.
+    // SAFETY: ctx is the command context.
+    unsafe { rm!(RedisModule_ReplicateVerbatim)(ctx) };
+    ffi::reply_ok(ctx);
+    Ok(())
+}
+
+/// `RESERVE.SETGRANTS key state`: internal, like SETSTATE, for a key with
+/// shared grants: the whole set, each grant with its absolute expiry, as
+/// one encoded argument. Refused from clients, and refused when the state
+/// is not one this module would write (a forged token, say).
+pub fn set_grants(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    if !from_master_or_aof(ctx) {
+        return Err(errors::INTERNAL_ONLY_SETGRANTS.into());
+    }
+    let [_, _, state] = argv else {
+        return Err(Failure::Arity);
+    };
+    let set = GrantSet::decode(state, args::HOLDER_LEN_CAP)
+        .map_err(|_| Failure::Message(errors::INVALID_STATE))?;
+    for g in set.grants() {
+        observe_token(g.token);
+    }
+    let key = OpenKey::write(ctx, raw_args[1]);
+    granting::restore_set(&key, set);
+    // A replica passes it on to its own AOF; the state is absolute.
     // SAFETY: ctx is the command context.
     unsafe { rm!(RedisModule_ReplicateVerbatim)(ctx) };
     ffi::reply_ok(ctx);
@@ -406,4 +745,5 @@ entry_point!(release_command, release);
 entry_point!(wait_command, wait);
 entry_point!(info_command, info);
 entry_point!(set_state_command, set_state);
+entry_point!(set_grants_command, set_grants);
 entry_point!(token_floor_command, token_floor);

@@ -1,5 +1,5 @@
-//! Module configuration: `reservation.max-ttl`, `reservation.max-holder-len`
-//! and `reservation.max-waiters`, as Redis 7 module configs (`CONFIG
+//! Module configuration: `reservation.max-ttl`, `reservation.max-holder-len`,
+//! `reservation.max-waiters` and `reservation.max-holders`, as Redis 7 module configs (`CONFIG
 //! SET/GET`, `redis.conf`) that also accept `loadmodule` arguments.
 
 use std::ffi::{c_char, c_int, c_longlong, c_void, CString};
@@ -41,13 +41,21 @@ pub static MAX_HOLDER_LEN: Setting = Setting::new("max-holder-len", 512, 1, 1 <<
 /// Most clients queued in RESERVE.WAIT on one key.
 pub static MAX_WAITERS: Setting = Setting::new("max-waiters", 100_000, 1, 10_000_000);
 
-pub static SETTINGS: [&Setting; 3] = [&MAX_TTL, &MAX_HOLDER_LEN, &MAX_WAITERS];
+/// Most grants on one key (shared holders), and the largest `LIMIT`.
+pub static MAX_HOLDERS: Setting = Setting::new("max-holders", 100_000, 1, 10_000_000);
+
+pub static SETTINGS: [&Setting; 4] = [&MAX_TTL, &MAX_HOLDER_LEN, &MAX_WAITERS, &MAX_HOLDERS];
 
 pub fn limits() -> Limits {
     Limits {
         max_ttl_ms: (MAX_TTL.get() as u64).saturating_mul(1000),
         max_holder_len: MAX_HOLDER_LEN.get() as usize,
+        max_holders: MAX_HOLDERS.get() as u32,
     }
+}
+
+pub fn max_holders() -> usize {
+    MAX_HOLDERS.get() as usize
 }
 
 pub fn max_waiters() -> usize {

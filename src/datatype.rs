@@ -1,8 +1,11 @@
 //! The `rsrv-lock` data type: RDB save/load, AOF rewrite, digest, memory
 //! usage, copy, free, and the aux field that carries the token counter.
 //!
-//! RDB encoding version 1: holder (string), token (unsigned), acquired-at
-//! ms (signed), renewals (unsigned). The key's expiry is saved by Redis.
+//! RDB encoding version 2: a kind (unsigned), then for a mutex (0): holder
+//! (string), token (unsigned), acquired-at ms (signed), renewals
+//! (unsigned), the key's expiry being saved by Redis; for a grant set (1):
+//! one string, `GrantSet::encode` (each grant with its own expiry).
+//! Version 1 (a mutex without the kind) still loads.
 
 use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
@@ -13,23 +16,47 @@ use redis_module::raw;
 
 use crate::args::HOLDER_LEN_CAP;
 use crate::ffi::{log_io_warning, rm, string_bytes, RString};
-use crate::reservation::{is_valid_token, Reservation, ReservationRef, MAX_RENEWALS};
-use crate::state::{last_token, observe_token, QueueKey};
+use crate::grants::GrantSet;
+use crate::reservation::{is_valid_token, Reservation, MAX_RENEWALS};
+use crate::state::{count_set_grants, last_token, observe_token, QueueKey, SET_GRANTS};
+use crate::value::{Value, ValueRef};
 
 pub const TYPE_NAME: &str = "rsrv-lock";
-pub const ENCODING_VERSION: i32 = 1;
+pub const ENCODING_VERSION: i32 = 2;
+/// The first release's encoding: a mutex, no kind field.
+const ENCODING_V1: i32 = 1;
 
-/// Reservations currently stored (created minus freed).
+const KIND_MUTEX: u64 = 0;
+const KIND_SET: u64 = 1;
+
+/// Reservations currently stored (created minus freed), and how many of
+/// them are grant sets.
 static LIVE: AtomicU64 = AtomicU64::new(0);
+static LIVE_SETS: AtomicU64 = AtomicU64::new(0);
 
-pub fn count_created() {
+pub fn count_created(v: ValueRef<'_>) {
     LIVE.fetch_add(1, Ordering::Relaxed);
+    if let ValueRef::Set(set) = v {
+        LIVE_SETS.fetch_add(1, Ordering::Relaxed);
+        count_set_grants(0, set.len());
+    }
 }
-pub fn count_freed() {
+pub fn count_freed(v: ValueRef<'_>) {
     LIVE.fetch_sub(1, Ordering::Relaxed);
+    if let ValueRef::Set(set) = v {
+        LIVE_SETS.fetch_sub(1, Ordering::Relaxed);
+        count_set_grants(set.len(), 0);
+    }
 }
 pub fn live_reservations() -> u64 {
     LIVE.load(Ordering::Relaxed)
+}
+/// Grants held on all keys: one per mutex, each grant of each set.
+pub fn live_grants() -> u64 {
+    let mutexes = LIVE
+        .load(Ordering::Relaxed)
+        .saturating_sub(LIVE_SETS.load(Ordering::Relaxed));
+    mutexes + SET_GRANTS.load(Ordering::Relaxed)
 }
 
 pub static RESERVATION_TYPE: RedisType = RedisType::new(
@@ -66,14 +93,23 @@ pub static RESERVATION_TYPE: RedisType = RedisType::new(
 /// adopted, because one forged token would exhaust the counter for every
 /// key and a holder outside the limits could never renew or release.
 extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
-    if encver != ENCODING_VERSION {
-        return std::ptr::null_mut();
-    }
-    match load_v1(rdb) {
-        Ok(r) => {
-            observe_token(r.token());
-            count_created();
-            r.into_raw()
+    let loaded = match encver {
+        ENCODING_V1 => load_mutex(rdb).map(Value::Mutex),
+        ENCODING_VERSION => load_v2(rdb),
+        _ => return std::ptr::null_mut(),
+    };
+    match loaded {
+        Ok(v) => {
+            match v.view() {
+                ValueRef::Mutex(r) => observe_token(r.token()),
+                ValueRef::Set(set) => {
+                    for g in set.grants() {
+                        observe_token(g.token);
+                    }
+                }
+            }
+            count_created(v.view());
+            v.into_raw()
         }
         Err(Refused::Truncated) => std::ptr::null_mut(),
         Err(Refused::OutOfRange(what)) => {
@@ -89,7 +125,20 @@ enum Refused {
     OutOfRange(&'static str),
 }
 
-fn load_v1(rdb: *mut raw::RedisModuleIO) -> Result<Reservation, Refused> {
+fn load_v2(rdb: *mut raw::RedisModuleIO) -> Result<Value, Refused> {
+    match raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)? {
+        KIND_MUTEX => load_mutex(rdb).map(Value::Mutex),
+        KIND_SET => {
+            let bytes = raw::load_string_buffer(rdb).map_err(|_| Refused::Truncated)?;
+            GrantSet::decode(bytes.as_ref(), HOLDER_LEN_CAP)
+                .map(|set| Value::Set(Box::new(set)))
+                .map_err(|_| Refused::OutOfRange("grant set not as this module writes it"))
+        }
+        _ => Err(Refused::OutOfRange("unknown kind")),
+    }
+}
+
+fn load_mutex(rdb: *mut raw::RedisModuleIO) -> Result<Reservation, Refused> {
     let holder = raw::load_string_buffer(rdb).map_err(|_| Refused::Truncated)?;
     let token = raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)?;
     let acquired_at_ms = raw::load_signed(rdb).map_err(|_| Refused::Truncated)?;
@@ -112,25 +161,50 @@ fn load_v1(rdb: *mut raw::RedisModuleIO) -> Result<Reservation, Refused> {
     ))
 }
 
-/// The reservation behind a value pointer Redis hands back to us.
-fn value<'a>(value: *const c_void) -> ReservationRef<'a> {
+/// The value behind a pointer Redis hands back to us.
+fn value<'a>(value: *const c_void) -> ValueRef<'a> {
     // SAFETY: Redis only calls our type callbacks with non-null values we
-    // made with Reservation::into_raw, alive until `free`.
-    unsafe { ReservationRef::from_raw(NonNull::new_unchecked(value.cast_mut())) }
+    // made with Value::into_raw, alive until `free`.
+    unsafe { ValueRef::from_raw(NonNull::new_unchecked(value.cast_mut())) }
 }
 
 extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, v: *mut c_void) {
-    let r = value(v);
-    raw::save_slice(rdb, r.holder());
-    raw::save_unsigned(rdb, r.token());
-    raw::save_signed(rdb, r.acquired_at_ms());
-    raw::save_unsigned(rdb, r.renewals());
+    match value(v) {
+        ValueRef::Mutex(r) => {
+            raw::save_unsigned(rdb, KIND_MUTEX);
+            raw::save_slice(rdb, r.holder());
+            raw::save_unsigned(rdb, r.token());
+            raw::save_signed(rdb, r.acquired_at_ms());
+            raw::save_unsigned(rdb, r.renewals());
+        }
+        ValueRef::Set(set) => {
+            raw::save_unsigned(rdb, KIND_SET);
+            raw::save_slice(rdb, &set.encode());
+        }
+    }
 }
 
 /// Emits the internal command that rebuilds the reservation exactly; Redis
 /// appends the key's PEXPIREAT after it.
 extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: RString, v: *mut c_void) {
-    let r = value(v);
+    let r = match value(v) {
+        ValueRef::Mutex(r) => r,
+        ValueRef::Set(set) => {
+            let state = set.encode();
+            // SAFETY: "sb": the key string and one buffer with its length.
+            unsafe {
+                rm!(RedisModule_EmitAOF)(
+                    aof,
+                    c"RESERVE.SETGRANTS".as_ptr(),
+                    c"sb".as_ptr(),
+                    key,
+                    state.as_ptr(),
+                    state.len(),
+                )
+            };
+            return;
+        }
+    };
     let token = r.token().to_string();
     let acquired = r.acquired_at_ms().to_string();
     let renewals = r.renewals().to_string();
@@ -160,34 +234,56 @@ fn allocation(bytes: usize) -> usize {
 }
 
 extern "C" fn mem_usage(v: *const c_void) -> usize {
-    allocation(value(v).heap_size())
-}
-
-extern "C" fn digest(md: *mut raw::RedisModuleDigest, v: *mut c_void) {
-    let r = value(v);
-    // SAFETY: md is the digest context Redis passed; buffers are copied.
-    unsafe {
-        rm!(RedisModule_DigestAddStringBuffer)(md, r.holder().as_ptr().cast(), r.holder().len());
-        rm!(RedisModule_DigestAddLongLong)(md, r.token() as i64);
-        rm!(RedisModule_DigestAddLongLong)(md, r.acquired_at_ms());
-        rm!(RedisModule_DigestAddLongLong)(md, r.renewals() as i64);
-        rm!(RedisModule_DigestEndSequence)(md);
+    match value(v) {
+        ValueRef::Mutex(r) => allocation(r.heap_size()),
+        ValueRef::Set(set) => {
+            allocation(std::mem::size_of::<GrantSet>())
+                + allocation(set.heap_size())
+                + set
+                    .grants()
+                    .iter()
+                    .map(|g| allocation(g.holder.len()))
+                    .sum::<usize>()
+        }
     }
 }
 
+extern "C" fn digest(md: *mut raw::RedisModuleDigest, v: *mut c_void) {
+    let add = |bytes: &[u8]| {
+        // SAFETY: md is the digest context Redis passed; buffers are copied.
+        unsafe { rm!(RedisModule_DigestAddStringBuffer)(md, bytes.as_ptr().cast(), bytes.len()) }
+    };
+    let add_int = |n: i64| {
+        // SAFETY: as above.
+        unsafe { rm!(RedisModule_DigestAddLongLong)(md, n) }
+    };
+    match value(v) {
+        ValueRef::Mutex(r) => {
+            add(r.holder());
+            add_int(r.token() as i64);
+            add_int(r.acquired_at_ms());
+            add_int(r.renewals() as i64);
+        }
+        // Every grant with its own expiry: a replica must match exactly.
+        ValueRef::Set(set) => add(&set.encode()),
+    }
+    // SAFETY: as above.
+    unsafe { rm!(RedisModule_DigestEndSequence)(md) };
+}
+
 /// May run on a background thread (lazy free): touch nothing but the value
-/// and the atomic counter.
+/// and the atomic counters.
 extern "C" fn free(v: *mut c_void) {
     let Some(v) = NonNull::new(v) else { return };
-    // SAFETY: made by Reservation::into_raw; Redis frees each value once.
-    drop(unsafe { Reservation::from_raw(v) });
-    count_freed();
+    // SAFETY: made by Value::into_raw; Redis frees each value once.
+    let v = unsafe { Value::from_raw(v) };
+    count_freed(v.view());
 }
 
 extern "C" fn copy(_from: RString, _to: RString, v: *const c_void) -> *mut c_void {
-    let r = value(v).to_owned();
-    count_created();
-    r.into_raw()
+    let v = value(v).to_owned();
+    count_created(v.view());
+    v.into_raw()
 }
 
 extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
@@ -197,7 +293,10 @@ extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
 }
 
 extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int) -> c_int {
-    if encver != ENCODING_VERSION || when != raw::REDISMODULE_AUX_BEFORE_RDB as c_int {
+    // The aux field is the same in both encodings.
+    if !(ENCODING_V1..=ENCODING_VERSION).contains(&encver)
+        || when != raw::REDISMODULE_AUX_BEFORE_RDB as c_int
+    {
         return raw::REDISMODULE_ERR as c_int;
     }
     match raw::load_unsigned(rdb) {

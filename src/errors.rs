@@ -9,7 +9,12 @@ pub const INVALID_TTL: &str = "ERR invalid ttl";
 pub const INVALID_TIMEOUT: &str = "ERR invalid timeout";
 pub const INVALID_HOLDER: &str = "ERR invalid holder";
 pub const INVALID_TOKEN: &str = "ERR invalid token";
+pub const INVALID_LIMIT: &str = "ERR invalid limit";
+pub const INVALID_PERMITS: &str = "ERR invalid permits";
 pub const SYNTAX: &str = "ERR syntax error";
+pub const TOO_MANY_HOLDERS: &str = "ERR too many holders";
+pub const ALREADY_HOLDS: &str = "ERR holder already holds this reservation";
+pub const INVALID_STATE: &str = "ERR invalid reservation state";
 pub const WRONG_ARITY: &str = "ERR wrong number of arguments";
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const TOO_MANY_WAITERS: &str = "ERR too many waiters";
@@ -19,6 +24,8 @@ pub const TOKENS_EXHAUSTED: &str =
 pub const READONLY: &str = "READONLY You can't write against a read only replica.";
 pub const INTERNAL_ONLY: &str =
     "ERR RESERVE.SETSTATE is internal: only replication and AOF loading may send it";
+pub const INTERNAL_ONLY_SETGRANTS: &str =
+    "ERR RESERVE.SETGRANTS is internal: only replication and AOF loading may send it";
 pub const INTERNAL_ONLY_TOKENFLOOR: &str =
     "ERR RESERVE.TOKENFLOOR is internal: only replication and AOF loading may send it";
 pub const INTERNAL_PANIC: &str =
@@ -31,6 +38,8 @@ pub fn arg_error_message(err: ArgError) -> &'static str {
         ArgError::Timeout => INVALID_TIMEOUT,
         ArgError::Holder => INVALID_HOLDER,
         ArgError::Token => INVALID_TOKEN,
+        ArgError::Limit => INVALID_LIMIT,
+        ArgError::Permits => INVALID_PERMITS,
         ArgError::Syntax => SYNTAX,
         ArgError::WrongArity => WRONG_ARITY,
     }

@@ -154,20 +154,25 @@ impl OpenKey {
         unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }
     }
 
-    /// Stores a new reservation as the key's value (replacing whatever was
-    /// there; the old value is freed by Redis through our free callback).
+    /// Stores a new mutex as the key's value (replacing whatever was there;
+    /// the old value is freed by Redis through our free callback).
     pub fn set_reservation(&self, r: crate::reservation::Reservation) -> bool {
-        let value = r.into_raw();
-        crate::datatype::count_created();
+        self.set_value(crate::value::Value::Mutex(r))
+    }
+
+    /// Stores a value of the module's type, replacing the key's value.
+    pub fn set_value(&self, v: crate::value::Value) -> bool {
+        crate::datatype::count_created(v.view());
+        let value = v.into_raw();
         // SAFETY: key open for writing; ownership of `value` passes to Redis.
         let status =
             unsafe { rm!(RedisModule_ModuleTypeSetValue)(self.ptr, reservation_type(), value) };
         if status != raw::REDISMODULE_OK as c_int {
             if let Some(value) = NonNull::new(value) {
                 // SAFETY: Redis did not take it, so we still own it.
-                drop(unsafe { crate::reservation::Reservation::from_raw(value) });
+                let v = unsafe { crate::value::Value::from_raw(value) };
+                crate::datatype::count_freed(v.view());
             }
-            crate::datatype::count_freed();
             return false;
         }
         true

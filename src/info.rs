@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::raw;
 
-use crate::datatype::live_reservations;
+use crate::datatype::{live_grants, live_reservations};
 use crate::ffi::rm;
 use crate::state::{last_token, Stats, STATS, WAITERS_QUEUED};
 
@@ -39,6 +39,8 @@ pub extern "C" fn info_callback(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_re
     // so `INFO reservation` shows it.
     unsafe { rm!(RedisModule_InfoAddSection)(ctx, std::ptr::null_mut()) };
     add_field(ctx, "held", live_reservations());
+    // `grants` is already the count of grants issued.
+    add_field(ctx, "grants_held", live_grants());
     add_field(
         ctx,
         "waiters",

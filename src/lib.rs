@@ -16,12 +16,14 @@ mod datatype;
 pub mod errors;
 mod events;
 mod ffi;
+mod granting;
 pub mod grants;
 mod info;
 mod notify;
 mod registration;
 pub mod reservation;
 mod state;
+pub mod value;
 pub mod waitqueue;
 
 use redis_module::{redis_module, Context, RedisString, Status};

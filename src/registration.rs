@@ -70,6 +70,24 @@ const fn token_option() -> ArgDoc {
     }
 }
 
+/// `SHARED`: a word alone.
+const fn shared_option() -> ArgDoc {
+    ArgDoc {
+        name: c"shared",
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN,
+        token: Some(c"SHARED"),
+        optional: true,
+    }
+}
+const fn count_option(name: &'static CStr, token: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+        token: Some(token),
+        optional: true,
+    }
+}
+
 struct CommandSpec {
     name: &'static CStr,
     handler: CommandFn,
@@ -91,11 +109,18 @@ static COMMANDS: &[CommandSpec] = &[
         name: c"RESERVE.LOCK",
         handler: commands::lock_command,
         flags: c"write deny-oom fast",
-        arity: 4,
+        arity: -4,
         key_flags: RW_KEY,
-        summary: c"Acquires a reservation if it is free; re-acquiring by the same holder refreshes its TTL. Replies with the fencing token, or 0 when held by another holder.",
-        complexity: c"O(1)",
-        args: &[key_arg(c"key"), string_arg(c"holder"), double_arg(c"ttl")],
+        summary: c"Acquires a reservation if it is free (exclusive, or a SHARED grant, or PERMITS of a LIMIT-permit semaphore); re-acquiring by the same holder refreshes its TTL. Replies with the fencing token, or 0 when it does not fit now.",
+        complexity: c"O(1) for an exclusive reservation, O(N) where N is the number of grants otherwise",
+        args: &[
+            key_arg(c"key"),
+            string_arg(c"holder"),
+            double_arg(c"ttl"),
+            shared_option(),
+            count_option(c"limit", c"LIMIT"),
+            count_option(c"permits", c"PERMITS"),
+        ],
     },
     CommandSpec {
         name: c"RESERVE.RENEW",
@@ -123,15 +148,18 @@ static COMMANDS: &[CommandSpec] = &[
         name: c"RESERVE.WAIT",
         handler: commands::wait_command,
         flags: c"write deny-oom blocking",
-        arity: 5,
+        arity: -5,
         key_flags: RW_KEY,
-        summary: c"Acquires a reservation, blocking in FIFO order until it is granted or the timeout (seconds, 0 = forever) passes. Replies with the fencing token, or 0 on timeout.",
-        complexity: c"O(1)",
+        summary: c"Acquires a reservation (exclusive, SHARED, or PERMITS of a LIMIT-permit semaphore), blocking in FIFO order until it is granted or the timeout (seconds, 0 = forever) passes. Replies with the fencing token, or 0 on timeout.",
+        complexity: c"O(1) for an exclusive reservation, O(N) where N is the number of grants otherwise",
         args: &[
             key_arg(c"key"),
             string_arg(c"holder"),
             double_arg(c"ttl"),
             double_arg(c"timeout"),
+            shared_option(),
+            count_option(c"limit", c"LIMIT"),
+            count_option(c"permits", c"PERMITS"),
         ],
     },
     CommandSpec {
@@ -140,8 +168,8 @@ static COMMANDS: &[CommandSpec] = &[
         flags: c"readonly fast",
         arity: 2,
         key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
-        summary: c"Shows a reservation: holder, token, ttl_ms, acquired_at_ms, renewals, waiters and queue; nil when there is none.",
-        complexity: c"O(1) + O(N) where N is the number of waiters",
+        summary: c"Shows a reservation: the oldest grant's holder, token, ttl_ms, acquired_at_ms and renewals, then mode, limit, permits_used, waiters, queue and every grant in holders; nil when there is none.",
+        complexity: c"O(N + M) where N is the number of grants and M the number of waiters",
         args: &[key_arg(c"key")],
     },
     CommandSpec {
@@ -160,6 +188,16 @@ static COMMANDS: &[CommandSpec] = &[
             integer_arg(c"renewals"),
             integer_arg(c"expire-at-ms"),
         ],
+    },
+    CommandSpec {
+        name: c"RESERVE.SETGRANTS",
+        handler: commands::set_grants_command,
+        flags: c"write",
+        arity: 3,
+        key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        summary: c"Internal: restores a reservation with shared grants exactly, from one encoded argument (replication and AOF only; refused from clients).",
+        complexity: c"O(N) where N is the number of grants",
+        args: &[key_arg(c"key"), string_arg(c"state")],
     },
     CommandSpec {
         name: c"RESERVE.TOKENFLOOR",

@@ -239,6 +239,8 @@ pub enum Current<'a> {
     /// A plain string written by one of the old client-side libraries: its
     /// value is the holder (SPEC section 7).
     Legacy(&'a [u8]),
+    /// Shared or counted grants (see `grants.rs`).
+    Grants(&'a crate::grants::GrantSet),
 }
 
 /// What `RESERVE.LOCK` (and the immediate path of `RESERVE.WAIT`) does.
@@ -261,7 +263,7 @@ pub fn decide_lock(current: Current<'_>, holder: &[u8], waiters_queued: bool) ->
         Current::Free if waiters_queued => LockDecision::HandOffFirst,
         Current::Free => LockDecision::Grant,
         Current::Held(r) if r.holder() == holder => LockDecision::Reacquire { token: r.token() },
-        Current::Held(_) | Current::Legacy(_) => LockDecision::Held,
+        Current::Held(_) | Current::Legacy(_) | Current::Grants(_) => LockDecision::Held,
     }
 }
 

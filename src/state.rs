@@ -16,6 +16,7 @@ use std::sync::{LazyLock, Mutex, MutexGuard, TryLockError};
 
 use redis_module::raw;
 
+use crate::grants::Ask;
 use crate::reservation::{TokenIssuer, TokensExhausted, MAX_TOKEN};
 use crate::waitqueue::{WaitQueues, WaiterId};
 
@@ -72,6 +73,21 @@ pub fn bump(counter: &AtomicU64) {
 /// it first so a server with no waiters pays nothing for them).
 pub static WAITERS_QUEUED: AtomicUsize = AtomicUsize::new(0);
 
+/// Grants stored in grant sets, all keys (a mutex value counts as one grant
+/// through the data type's live count). May change on a background thread
+/// (lazy free), hence atomic.
+pub static SET_GRANTS: AtomicU64 = AtomicU64::new(0);
+
+/// Adjusts `SET_GRANTS` after a grant set went from `before` to `after`
+/// grants.
+pub fn count_set_grants(before: usize, after: usize) {
+    if after >= before {
+        SET_GRANTS.fetch_add((after - before) as u64, Ordering::Relaxed);
+    } else {
+        SET_GRANTS.fetch_sub((before - after) as u64, Ordering::Relaxed);
+    }
+}
+
 // ----- wait queues -----
 
 /// A queue is per key per database.
@@ -94,6 +110,8 @@ unsafe impl Send for BlockedClient {}
 pub struct Waiter {
     pub holder: Box<[u8]>,
     pub ttl_ms: u64,
+    /// Exclusive, shared, or permits of a semaphore.
+    pub ask: Ask,
     pub client: BlockedClient,
     /// The module timer that times this waiter out, if it has a timeout.
     pub timeout_timer: Option<u64>,
@@ -104,6 +122,10 @@ pub struct Waiter {
 #[derive(Debug, Default)]
 pub struct QueueMeta {
     pub expiry_timer: Option<(u64, i64)>,
+    /// The latest `LIMIT` a LOCK or WAIT gave on this key while anyone
+    /// waits: the limit its waiters are granted against once the key
+    /// holds no grant set to carry one.
+    pub limit: Option<u32>,
 }
 
 /// A grant whose client vanished before its reply went out: the
@@ -126,6 +148,9 @@ pub struct ModuleState {
     pub pending: HashSet<QueueKey>,
     pub orphans: Vec<Orphan>,
     pub pending_timer_armed: bool,
+    /// Keys holding grant sets, with the timer armed at their earliest
+    /// grant's expiry (id, fire-at ms): one timer per key, not per grant.
+    pub set_timers: HashMap<QueueKey, (u64, i64)>,
 }
 
 impl ModuleState {

@@ -68,7 +68,7 @@ fn info_static(c: &mut Connection, key: &str) -> Vec<(String, Value)> {
     info(c, key.as_bytes())
         .expect("reservation exists")
         .into_iter()
-        .filter(|(k, _)| k != "ttl_ms")
+        .filter(|(k, _)| k != "ttl_ms" && k != "holders")
         .collect()
 }
 
@@ -433,8 +433,12 @@ fn info_resp2_is_a_flat_array_in_order() {
             "ttl_ms",
             "acquired_at_ms",
             "renewals",
+            "mode",
+            "limit",
+            "permits_used",
             "waiters",
-            "queue"
+            "queue",
+            "holders"
         ]
     );
     assert_eq!(fields[0].1, Value::BulkString(b"w1".to_vec()));
@@ -451,8 +455,35 @@ fn info_resp2_is_a_flat_array_in_order() {
         "acquired_at_ms {acquired} not in [{before_ms}, {after_ms}]"
     );
     assert_eq!(fields[4].1, Value::Int(1));
-    assert_eq!(fields[5].1, Value::Int(0));
-    assert_eq!(fields[6].1, Value::Array(vec![]));
+    assert_eq!(fields[5].1, Value::BulkString(b"exclusive".to_vec()));
+    assert_eq!(fields[6].1, Value::Int(0), "no limit");
+    assert_eq!(fields[7].1, Value::Int(1), "permits used");
+    assert_eq!(fields[8].1, Value::Int(0));
+    assert_eq!(fields[9].1, Value::Array(vec![]));
+    // One grant, the oldest's fields again plus its mode and permits.
+    let Value::Array(holders) = &fields[10].1 else {
+        panic!("holders: {:?}", fields[10].1)
+    };
+    let [Value::Array(grant)] = holders.as_slice() else {
+        panic!("one grant: {holders:?}")
+    };
+    let grant_names: Vec<String> = grant.iter().step_by(2).map(text).collect();
+    assert_eq!(
+        grant_names,
+        [
+            "holder",
+            "token",
+            "ttl_ms",
+            "acquired_at_ms",
+            "renewals",
+            "mode",
+            "permits"
+        ]
+    );
+    assert_eq!(grant[1], fields[0].1);
+    assert_eq!(grant[3], fields[1].1);
+    assert_eq!(grant[9], Value::Int(1), "renewals");
+    assert_eq!(grant[13], Value::Int(1), "permits");
 }
 
 #[test]
@@ -473,7 +504,7 @@ fn info_resp3_is_a_map() {
         panic!("RESP3 RESERVE.INFO must be a map, got {reply:?}");
     };
     let map: HashMap<String, Value> = pairs.iter().map(|(k, v)| (text(k), v.clone())).collect();
-    assert_eq!(map.len(), 7, "{map:?}");
+    assert_eq!(map.len(), 11, "{map:?}");
     let keys: Vec<String> = pairs.iter().map(|(k, _)| text(k)).collect();
     assert_eq!(
         keys,
@@ -483,11 +514,23 @@ fn info_resp3_is_a_map() {
             "ttl_ms",
             "acquired_at_ms",
             "renewals",
+            "mode",
+            "limit",
+            "permits_used",
             "waiters",
-            "queue"
+            "queue",
+            "holders"
         ]
     );
     assert_eq!(map["holder"], Value::BulkString(b"w1".to_vec()));
+    assert_eq!(map["mode"], Value::BulkString(b"exclusive".to_vec()));
+    let Value::Array(holders) = &map["holders"] else {
+        panic!("holders: {:?}", map["holders"])
+    };
+    assert!(
+        matches!(holders.as_slice(), [Value::Map(g)] if g.len() == 7),
+        "one grant as a map: {holders:?}"
+    );
     assert_eq!(map["token"], Value::Int(token as i64));
     let ttl = as_int(&map["ttl_ms"]);
     assert!(ttl > 0 && ttl <= 30_000);
@@ -544,13 +587,11 @@ fn wrong_arity_is_redis_own_error() {
         &["RESERVE.LOCK"],
         &["RESERVE.LOCK", "k"],
         &["RESERVE.LOCK", "k", "w"],
-        &["RESERVE.LOCK", "k", "w", "1", "x"],
         &["RESERVE.RENEW"],
         &["RESERVE.RENEW", "k", "w"],
         &["RESERVE.RELEASE"],
         &["RESERVE.RELEASE", "k"],
         &["RESERVE.WAIT", "k", "w", "1"],
-        &["RESERVE.WAIT", "k", "w", "1", "1", "x"],
         &["RESERVE.INFO"],
         &["RESERVE.INFO", "k", "x"],
         &["RESERVE.SETSTATE", "k"],
@@ -579,6 +620,9 @@ fn wrong_arity_is_redis_own_error() {
         &["RESERVE.RELEASE", "k", "w", "TOKEN"],
         &["RESERVE.RELEASE", "k", "w", "TOKEN", "1", "x"],
         &["RESERVE.RELEASE", "k", "w", "TOKEN", "1", "TOKEN", "1"],
+        // LOCK and WAIT take options (SHARED, LIMIT, PERMITS) there.
+        &["RESERVE.LOCK", "k", "w", "1", "x"],
+        &["RESERVE.WAIT", "k", "w", "1", "1", "x"],
     ];
     for argv in tails {
         assert_eq!(err(&mut c, argv), "ERR syntax error", "{argv:?}");
@@ -1160,13 +1204,19 @@ fn info_reservation_counters() {
         "waits_blocked",
         "wrongtype_waiters",
         "last_token",
+        "grants_held",
     ] {
         assert_eq!(base.get(name), Some(&0), "fresh server: {name} in {base:?}");
     }
 
     let mut expected = base.clone();
+    expected.remove("grants_held");
+    // Only mutexes here: each holds one grant.
     fn check(c: &mut Connection, expected: &HashMap<String, u64>, step: &str) {
-        assert_eq!(&reservation_info(c), expected, "after {step}");
+        let mut got = reservation_info(c);
+        let held = got.get("held").copied();
+        assert_eq!(got.remove("grants_held"), held, "after {step}: grants held");
+        assert_eq!(&got, expected, "after {step}");
     }
 
     let t1 = lock(&mut c, "a", "w1", "30");
@@ -1245,7 +1295,7 @@ fn command_info_getkeys_and_docs() {
     let expect = [
         (
             "RESERVE.LOCK",
-            4,
+            -4,
             &["write", "denyoom"][..],
             &["readonly", "blocking"][..],
         ),
@@ -1263,7 +1313,7 @@ fn command_info_getkeys_and_docs() {
         ),
         (
             "RESERVE.WAIT",
-            5,
+            -5,
             &["write", "denyoom", "blocking"],
             &["readonly"],
         ),
@@ -1313,6 +1363,26 @@ fn command_info_getkeys_and_docs() {
         &["COMMAND", "GETKEYS", "RESERVE.RELEASE", "job", "w"],
         &["COMMAND", "GETKEYS", "RESERVE.WAIT", "job", "w", "1", "0"],
         &["COMMAND", "GETKEYS", "RESERVE.INFO", "job"],
+        &[
+            "COMMAND",
+            "GETKEYS",
+            "RESERVE.LOCK",
+            "job",
+            "w",
+            "1",
+            "LIMIT",
+            "3",
+        ],
+        &[
+            "COMMAND",
+            "GETKEYS",
+            "RESERVE.WAIT",
+            "job",
+            "w",
+            "1",
+            "0",
+            "SHARED",
+        ],
     ] {
         let keys = strings(&call_str(&mut c, argv).unwrap());
         assert_eq!(keys, ["job"], "{argv:?}");
@@ -1340,6 +1410,13 @@ fn command_info_getkeys_and_docs() {
             .map(|p| text(&p[1]))
             .unwrap_or_default();
         assert!(!summary.trim().is_empty(), "{name} has no summary: {doc:?}");
+        // LOCK and WAIT document their options, so redis-cli hints them.
+        if name == "RESERVE.LOCK" || name == "RESERVE.WAIT" {
+            let args = format!("{doc:?}");
+            for option in ["SHARED", "LIMIT", "PERMITS"] {
+                assert!(args.contains(option), "{name} docs lack {option}: {args}");
+            }
+        }
     }
 }
 

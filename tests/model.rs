@@ -185,7 +185,7 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
 
 fn parse_info(pairs: Vec<(Value, Value)>) -> Result<Info, String> {
     let shown = format!("{pairs:?}");
-    if pairs.len() != 7 {
+    if pairs.len() != 11 {
         return Err(format!("RESERVE.INFO with {} fields: {shown}", pairs.len()));
     }
     let mut info = Info {
@@ -198,6 +198,7 @@ fn parse_info(pairs: Vec<(Value, Value)>) -> Result<Info, String> {
         queue: Vec::new(),
     };
     let mut seen = Vec::new();
+    let mut holders_entry = None;
     for (name, value) in pairs {
         let name = bytes_of(&name).ok_or_else(|| format!("field name {name:?}"))?;
         let int = |v: &Value| match v {
@@ -221,12 +222,69 @@ fn parse_info(pairs: Vec<(Value, Value)>) -> Result<Info, String> {
                     .collect::<Option<_>>()
                     .ok_or(format!("queue in {shown}"))?;
             }
+            // This model holds mutexes only (and old libraries' strings):
+            // one exclusive grant, no limit, and `holders` repeating it.
+            b"mode" if bytes_of(&value).as_deref() == Some(b"exclusive") => {}
+            b"limit" if value == Value::Int(0) => {}
+            b"permits_used" if value == Value::Int(1) => {}
+            b"holders" => {
+                let grant = match &value {
+                    Value::Array(items) if items.len() == 1 => match &items[0] {
+                        Value::Array(flat) => flat
+                            .chunks(2)
+                            .map(|p| (p[0].clone(), p[1].clone()))
+                            .collect::<Vec<_>>(),
+                        Value::Map(pairs) => pairs.clone(),
+                        other => return Err(format!("grant {other:?} in {shown}")),
+                    },
+                    other => return Err(format!("holders {other:?} in {shown}")),
+                };
+                let field = |n: &[u8]| {
+                    grant
+                        .iter()
+                        .find(|(k, _)| bytes_of(k).as_deref() == Some(n))
+                        .map(|(_, v)| v.clone())
+                };
+                let fields_ok = grant.len() == 7
+                    && field(b"mode").and_then(|v| bytes_of(&v)).as_deref() == Some(b"exclusive")
+                    && field(b"permits") == Some(Value::Int(1));
+                if !fields_ok {
+                    return Err(format!("grant entry in {shown}"));
+                }
+                let int_of = |n: &[u8]| match field(n) {
+                    Some(Value::Int(v)) => v,
+                    _ => -1,
+                };
+                let one = (
+                    field(b"holder")
+                        .and_then(|v| bytes_of(&v))
+                        .unwrap_or_default(),
+                    int_of(b"token"),
+                    int_of(b"ttl_ms"),
+                    int_of(b"acquired_at_ms"),
+                    int_of(b"renewals"),
+                );
+                holders_entry = Some(one);
+            }
             _ => return Err(format!("unknown field in {shown}")),
         }
         if seen.contains(&name) {
             return Err(format!("duplicate field in {shown}"));
         }
         seen.push(name);
+    }
+    // The one grant repeats the top fields (it has no waiters or queue).
+    if let Some(one) = holders_entry {
+        let top = (
+            info.holder.clone(),
+            info.token,
+            info.ttl_ms,
+            info.acquired_at_ms,
+            info.renewals,
+        );
+        if one != top {
+            return Err(format!("holders disagrees with the top fields in {shown}"));
+        }
     }
     Ok(info)
 }
@@ -247,7 +305,7 @@ fn value_reply(v: Value) -> Reply {
             Err(e) => Reply::Other(e),
         },
         Value::Array(items) => {
-            if items.len() == 14 && matches!(&items[0], Value::BulkString(b) if b == b"holder") {
+            if items.len() == 22 && matches!(&items[0], Value::BulkString(b) if b == b"holder") {
                 let pairs = items
                     .chunks(2)
                     .map(|p| (p[0].clone(), p[1].clone()))
@@ -1364,21 +1422,19 @@ impl Model {
                     ]),
                     argv(&[b"RESERVE.RELEASE", key, h, b"TOKEN"]),
                     argv(&[b"RESERVE.RELEASE", key, h, b"TOKEN", b"1", b"TOKEN", b"1"]),
+                    // Where LOCK and WAIT take their options.
+                    argv(&[b"RESERVE.LOCK", key, h, b"1", b"x"]),
+                    argv(&[b"RESERVE.WAIT", key, h, b"1", b"1", b"x"]),
                 ];
                 if rng.gen_bool(0.3) {
                     let a = tails.choose(rng).expect("tail").clone();
                     return Some((a, err("ERR syntax error")));
                 }
-                let cases: [(&str, Vec<Vec<u8>>); 9] = [
+                let cases: [(&str, Vec<Vec<u8>>); 7] = [
                     ("RESERVE.LOCK", argv(&[b"RESERVE.LOCK", key, h])),
-                    ("RESERVE.LOCK", argv(&[b"RESERVE.LOCK", key, h, b"1", b"x"])),
                     ("RESERVE.RENEW", argv(&[b"RESERVE.RENEW", key, h])),
                     ("RESERVE.RELEASE", argv(&[b"RESERVE.RELEASE", key])),
                     ("RESERVE.WAIT", argv(&[b"RESERVE.WAIT", key, h, b"1"])),
-                    (
-                        "RESERVE.WAIT",
-                        argv(&[b"RESERVE.WAIT", key, h, b"1", b"1", b"x"]),
-                    ),
                     ("RESERVE.INFO", argv(&[b"RESERVE.INFO"])),
                     ("RESERVE.INFO", argv(&[b"RESERVE.INFO", key, b"x"])),
                     ("RESERVE.SETSTATE", argv(&[b"RESERVE.SETSTATE", key])),

@@ -622,9 +622,11 @@ fn restore_of_a_malformed_payload_is_an_error_not_a_crash() {
     let payload = dump(&mut c, "src");
     let value = payload_value(&payload).to_vec();
     // Module value v2: type byte, module id (0x81 + 8 bytes), then
-    // opcode-tagged fields, then the EOF opcode 0.
-    let fields = 10;
+    // the kind (UINT 0: "02 00", a mutex), opcode-tagged fields, then the
+    // EOF opcode 0.
+    let fields = 12;
     assert_eq!(value[0], 7, "RDB_TYPE_MODULE_2");
+    assert_eq!(&value[10..12], &[2, 0], "kind: a mutex");
     assert_eq!(*value.last().unwrap(), 0, "module EOF opcode");
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     // The renewals field (UINT 1: "02 01") missing: EOF where a number is due.
@@ -633,9 +635,29 @@ fn restore_of_a_malformed_payload_is_an_error_not_a_crash() {
     v.push(0);
     cases.push(("renewals missing", v));
     // Only the module id, then EOF.
+    let mut v = value[..10].to_vec();
+    v.push(0);
+    cases.push(("no kind", v));
     let mut v = value[..fields].to_vec();
     v.push(0);
     cases.push(("no fields", v));
+    // A kind this module does not know.
+    let mut v = value.clone();
+    v[11] = 7;
+    cases.push(("unknown kind", v));
+    // A grant set (kind 1) that is not what the module writes: garbage,
+    // empty, or a valid-looking one cut short.
+    for (what, state) in [
+        ("grant set garbage", vec![0xffu8; 20]),
+        ("grant set empty", vec![]),
+        ("grant set cut", vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 42]),
+    ] {
+        let mut v = value[..10].to_vec();
+        v.extend_from_slice(&[2, 1, 5, state.len() as u8]);
+        v.extend_from_slice(&state);
+        v.push(0);
+        cases.push((what, v));
+    }
     // The holder's length claims more bytes than there are.
     let mut v = value.clone();
     assert_eq!(&v[fields..fields + 2], &[5, 6], "STRING opcode, length 6");

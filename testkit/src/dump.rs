@@ -5,7 +5,8 @@
 //!
 //! A DUMP payload is the serialized value, 2 bytes of RDB version and 8
 //! bytes of CRC-64 (little endian). A value of the module's type is
-//! `RDB_TYPE_MODULE_2` (7), the module id (0x81 + 8 bytes), then fields
+//! `RDB_TYPE_MODULE_2` (7), the module id (0x81 + 8 bytes), the kind (a
+//! number: 0 for a mutex, 1 for a grant set in one string), then fields
 //! each tagged with an opcode (2 for numbers, signed ones too; 5 string), then the
 //! EOF opcode 0. Numbers use Redis's length encoding ([`encode_len`]).
 
@@ -96,6 +97,8 @@ pub fn payload_with(like: &[u8], fields: &Fields<'_>) -> Vec<u8> {
     // Type byte, then 0x81 + the 8-byte module id.
     let header = &value[..10];
     let mut v = header.to_vec();
+    // Encoding 2: the kind first, 0 for a mutex.
+    v.extend_from_slice(&[2, 0]);
     v.push(5);
     v.extend_from_slice(&encode_len(fields.holder.len() as u64));
     v.extend_from_slice(fields.holder);

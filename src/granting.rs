@@ -1,0 +1,245 @@
+//! Carrying out grants on a key: new tokens, storing a key's grants in the
+//! right shape, and propagating the result to replicas and the AOF.
+//!
+//! Every state change goes out as the key's whole new state with absolute
+//! times and exact tokens: `RESERVE.SETSTATE` for a mutex (the first
+//! release's form, unchanged), `RESERVE.SETGRANTS key <encoded set>` for
+//! a grant set (one argument, however many grants), `DEL` when nothing is
+//! left. A replica or an AOF replay ends with exactly what the master has.
+//!
+//! Who is granted is decided in `grants.rs`; waking waiters is in
+//! `blocking.rs`, which calls down into this file.
+
+use std::ptr::NonNull;
+
+use crate::errors;
+use crate::ffi::{self, rm, Ctx, KeyKind, OpenKey};
+use crate::grants::{Grant, GrantSet, Mine, Mode, Occupancy};
+use crate::notify::{notify_bytes, Event};
+use crate::reservation::{Reservation, ReservationRef};
+use crate::state::{bump, count_set_grants, issue_token, STATS};
+use crate::value::{self, Value, ValueRef};
+
+/// Propagates one mutex's full state: holder, exact token, absolute expiry.
+pub fn replicate_state(ctx: Ctx, key: &[u8], r: ReservationRef<'_>, expire_at_ms: i64) {
+    // SAFETY: "bbllll" = two (pointer, length) buffers and four long
+    // longs; Redis copies them into the propagated command.
+    unsafe {
+        rm!(RedisModule_Replicate)(
+            ctx,
+            c"RESERVE.SETSTATE".as_ptr(),
+            c"bbllll".as_ptr(),
+            key.as_ptr(),
+            key.len(),
+            r.holder().as_ptr(),
+            r.holder().len(),
+            r.token() as i64,
+            r.acquired_at_ms(),
+            r.renewals() as i64,
+            expire_at_ms,
+        )
+    };
+}
+
+/// Propagates a grant set's full state as one encoded argument (every
+/// grant carries its own absolute expiry).
+fn replicate_set(ctx: Ctx, key: &[u8], set: &GrantSet) {
+    let state = set.encode();
+    // SAFETY: "bb" = two (pointer, length) buffers, copied by Redis.
+    unsafe {
+        rm!(RedisModule_Replicate)(
+            ctx,
+            c"RESERVE.SETGRANTS".as_ptr(),
+            c"bb".as_ptr(),
+            key.as_ptr(),
+            key.len(),
+            state.as_ptr(),
+            state.len(),
+        )
+    };
+}
+
+/// A new fencing token, or the exhausted-counter error (logged: it needs an
+/// operator, and no grant may ever reuse or saturate a token).
+pub fn new_token(ctx: Ctx, now: i64) -> Result<u64, &'static str> {
+    issue_token(now).map_err(|_| {
+        ffi::log_warning(
+            ctx,
+            "reservation: the fencing token counter is at its ceiling (2^53-1): \
+             no grant can get a new token. A token that high was loaded from an \
+             RDB, a RESTORE payload or a master.",
+        );
+        errors::TOKENS_EXHAUSTED
+    })
+}
+
+/// Creates a mutex for `holder` on an empty key with `token` (fresh from
+/// `new_token`).
+pub fn grant(
+    ctx: Ctx,
+    key: &OpenKey,
+    name: &[u8],
+    holder: &[u8],
+    ttl_ms: u64,
+    token: u64,
+    now: i64,
+) {
+    let r = Reservation::new(holder, token, now);
+    let expire_at = now.saturating_add(ttl_ms as i64);
+    replicate_state(ctx, name, r.view(), expire_at);
+    key.set_reservation(r);
+    key.set_abs_expire(expire_at);
+    bump(&STATS.grants);
+}
+
+// ----- reading a key's grants -----
+
+/// The key's value, if it is ours.
+pub fn value_of(key: &OpenKey) -> Option<ValueRef<'_>> {
+    match key.kind() {
+        // SAFETY: the value lives while the key stays open and is not
+        // replaced; callers drop this view before changing the key.
+        KeyKind::Reservation(raw) => Some(unsafe { ValueRef::from_raw(raw) }),
+        _ => None,
+    }
+}
+
+/// What the key holds and `holder`'s own grant on it, or None for a value
+/// of another type (WRONGTYPE). An old library's plain string counts as an
+/// exclusive grant of nobody the module knows.
+pub fn occupancy(key: &OpenKey, holder: &[u8]) -> Option<(Occupancy, Option<Mine>)> {
+    Some(match key.kind() {
+        KeyKind::Empty => (Occupancy::default(), None),
+        KeyKind::LegacyString => (Occupancy::EXCLUSIVE, None),
+        KeyKind::Other => return None,
+        KeyKind::Reservation(_) => match value_of(key)? {
+            ValueRef::Mutex(r) => {
+                let mine = (r.holder() == holder).then_some(Mine {
+                    token: r.token(),
+                    mode: Mode::Exclusive,
+                    permits: 1,
+                });
+                (Occupancy::EXCLUSIVE, mine)
+            }
+            ValueRef::Set(set) => {
+                let mine = set.find(holder).map(|g| Mine {
+                    token: g.token,
+                    mode: g.mode,
+                    permits: g.permits,
+                });
+                (set.occupancy(), mine)
+            }
+        },
+    })
+}
+
+/// Changes the key's grant set in place, keeping the grant count right;
+/// None when the key holds no set.
+pub fn with_set<R>(key: &OpenKey, f: impl FnOnce(&mut GrantSet) -> R) -> Option<R> {
+    let KeyKind::Reservation(raw) = key.kind() else {
+        return None;
+    };
+    // SAFETY: the key is open for writing and nothing else borrows its
+    // value during `f`.
+    let set = unsafe { value::set_mut(raw) }?;
+    let before = set.len();
+    let out = f(set);
+    count_set_grants(before, set.len());
+    Some(out)
+}
+
+/// Adds `grant` to the key (a new set on an empty key, or one built from
+/// the holder's own mutex on a downgrade), replacing the holder's previous
+/// grant. `limit` is the request's `LIMIT`, the key's from now on.
+pub fn put_grant(key: &OpenKey, grant: Grant, limit: Option<u32>) {
+    let inserted = with_set(key, |set| {
+        if let Some(limit) = limit {
+            set.set_limit(limit);
+        }
+        set.insert(grant.clone());
+    });
+    if inserted.is_none() {
+        let mut set = GrantSet::new(limit.unwrap_or(0));
+        set.insert(grant);
+        key.set_value(Value::Set(Box::new(set)));
+    }
+}
+
+/// Ends the grants of a set key whose time is up (at or before `now`),
+/// with their events; how many ended.
+pub fn end_expired(ctx: Ctx, key: &OpenKey, name: &[u8], now: i64) -> usize {
+    let ended = with_set(key, |set| set.remove_expired(now).len()).unwrap_or(0);
+    for _ in 0..ended {
+        bump(&STATS.expirations);
+        notify_bytes(ctx, Event::Expire, name);
+    }
+    ended
+}
+
+/// What a grant set key looks like once settled.
+pub enum Settled {
+    /// Nothing left: the key is gone.
+    Deleted,
+    /// One exclusive grant: stored as a plain mutex.
+    Mutex,
+    /// Still a set: its earliest grant expiry, for the key's timer.
+    Set { earliest: i64 },
+}
+
+/// After a grant set changed: stores it in its cheapest shape (deleted
+/// when empty, a plain mutex when one exclusive grant is left), sets the
+/// key's Redis expiry to its latest grant's, and propagates the result.
+/// A key that holds no set is left alone (`Mutex`).
+pub fn settle(ctx: Ctx, key: &OpenKey, name: &[u8]) -> Settled {
+    let Some(ValueRef::Set(set)) = value_of(key) else {
+        return Settled::Mutex;
+    };
+    if set.is_empty() {
+        key.delete();
+        ffi::replicate(ctx, c"DEL", &[name]);
+        return Settled::Deleted;
+    }
+    if let Some(only) = set.as_plain_mutex() {
+        let r = Reservation::with_renewals(
+            &only.holder,
+            only.token,
+            only.acquired_at_ms,
+            u64::from(only.renewals),
+        );
+        let expire_at = only.expires_at_ms;
+        replicate_state(ctx, name, r.view(), expire_at);
+        key.set_reservation(r);
+        key.set_abs_expire(expire_at);
+        return Settled::Mutex;
+    }
+    let Some((earliest, latest)) = set.deadlines() else {
+        return Settled::Deleted;
+    };
+    replicate_set(ctx, name, set);
+    key.set_abs_expire(latest);
+    Settled::Set { earliest }
+}
+
+/// Stores a grant set received from a master or the AOF exactly, with the
+/// key's expiry at its latest grant.
+pub fn restore_set(key: &OpenKey, set: GrantSet) {
+    let latest = set.deadlines().map(|(_, latest)| latest);
+    if matches!(key.kind(), KeyKind::LegacyString | KeyKind::Other) {
+        key.delete();
+    }
+    key.set_value(Value::Set(Box::new(set)));
+    if let Some(at) = latest {
+        key.set_abs_expire(at);
+    }
+}
+
+/// The grant set behind a raw value pointer, if it is one (for callers
+/// that hold a `KeyKind::Reservation`).
+pub fn as_set<'a>(raw: NonNull<std::ffi::c_void>) -> Option<&'a GrantSet> {
+    // SAFETY: the caller holds the key open; the view ends before any
+    // change to it.
+    match unsafe { ValueRef::from_raw(raw) } {
+        ValueRef::Set(set) => Some(set),
+        ValueRef::Mutex(_) => None,
+    }
+}
