@@ -38,7 +38,7 @@ use crate::conn::Target;
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
 use crate::core::lost::LostReservation;
-use crate::core::protocol::{self, ReservationInfo, WAIT_SLACK};
+use crate::core::protocol::{self, Access, ReservationInfo, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
 use crate::error::{is_connection_error, Error};
@@ -199,8 +199,86 @@ impl AsyncReservationManager {
     /// Tries to take `resource` without waiting (`RESERVE.LOCK`):
     /// `Ok(None)` when someone else holds it.
     pub async fn lock(&self, resource: &str) -> Result<Option<AsyncReservation>, Error> {
+        self.lock_impl(resource, Access::Exclusive).await
+    }
+
+    /// Tries to take `resource` with `access` without waiting: exclusive
+    /// (what [`lock`](Self::lock) does), a shared (read) grant, or permits
+    /// of a counting semaphore. `Ok(None)` when it does not fit now or
+    /// others wait before it (no barging).
+    pub async fn lock_with(
+        &self,
+        resource: &str,
+        access: Access,
+    ) -> Result<Option<AsyncReservation>, Error> {
+        self.lock_impl(resource, access).await
+    }
+
+    /// A shared (read) reservation of `resource` without waiting: shared
+    /// reservations coexist; an exclusive one waits for all of them.
+    pub async fn lock_shared(&self, resource: &str) -> Result<Option<AsyncReservation>, Error> {
+        self.lock_with(resource, Access::Shared).await
+    }
+
+    /// `permits` of the `limit`-permit semaphore `resource`, without
+    /// waiting.
+    pub async fn lock_permits(
+        &self,
+        resource: &str,
+        limit: u32,
+        permits: u32,
+    ) -> Result<Option<AsyncReservation>, Error> {
+        self.lock_with(resource, Access::Permits { limit, permits })
+            .await
+    }
+
+    /// Waits for `resource` with `access`, in FIFO order with every other
+    /// request on it (`timeout` `None`: as long as it takes; `Ok(None)`
+    /// once a timeout passes).
+    pub async fn wait_with(
+        &self,
+        resource: &str,
+        access: Access,
+        timeout: Option<Duration>,
+    ) -> Result<Option<AsyncReservation>, Error> {
+        match timeout {
+            Some(t) if t.is_zero() => self.lock_with(resource, access).await,
+            Some(t) => self.wait_impl(resource, access, Some(t)).await,
+            None => loop {
+                if let Some(r) = self.wait_impl(resource, access, None).await? {
+                    return Ok(Some(r));
+                }
+            },
+        }
+    }
+
+    /// Waits as long as it takes for a shared (read) reservation.
+    pub async fn wait_until_lock_shared(&self, resource: &str) -> Result<AsyncReservation, Error> {
+        self.wait_with(resource, Access::Shared, None)
+            .await
+            .map(|r| r.expect("a wait without a timeout returns only a grant"))
+    }
+
+    /// Waits as long as it takes for `permits` of the `limit`-permit
+    /// semaphore `resource`.
+    pub async fn wait_until_permits(
+        &self,
+        resource: &str,
+        limit: u32,
+        permits: u32,
+    ) -> Result<AsyncReservation, Error> {
+        self.wait_with(resource, Access::Permits { limit, permits }, None)
+            .await
+            .map(|r| r.expect("a wait without a timeout returns only a grant"))
+    }
+
+    async fn lock_impl(
+        &self,
+        resource: &str,
+        access: Access,
+    ) -> Result<Option<AsyncReservation>, Error> {
         let s = &self.inner.settings;
-        let claim = Claim::new(s, resource);
+        let claim = Claim::with_access(s, resource, access);
         let lock = claim.lock_cmd(s);
         let mut attempt = 0;
         let token = loop {
@@ -250,7 +328,7 @@ impl AsyncReservationManager {
     /// instant of cancellation stays held until its TTL runs out.
     pub async fn wait_until_lock(&self, resource: &str) -> Result<AsyncReservation, Error> {
         loop {
-            if let Some(r) = self.wait_impl(resource, None).await? {
+            if let Some(r) = self.wait_impl(resource, Access::Exclusive, None).await? {
                 return Ok(r);
             }
         }
@@ -267,7 +345,8 @@ impl AsyncReservationManager {
         if timeout.is_zero() {
             return self.lock(resource).await;
         }
-        self.wait_impl(resource, Some(timeout)).await
+        self.wait_impl(resource, Access::Exclusive, Some(timeout))
+            .await
     }
 
     /// What the server knows about `resource` (`RESERVE.INFO`).
@@ -280,10 +359,11 @@ impl AsyncReservationManager {
     async fn wait_impl(
         &self,
         resource: &str,
+        access: Access,
         timeout: Option<Duration>,
     ) -> Result<Option<AsyncReservation>, Error> {
         let s = &self.inner.settings;
-        let mut wait = Wait::new(s, resource, timeout, Instant::now());
+        let mut wait = Wait::new(s, resource, access, timeout, Instant::now());
         let mut conn: Option<AsyncConn> = None;
         loop {
             let attempt = wait.attempt(s, Instant::now());
@@ -452,6 +532,11 @@ impl AsyncReservation {
     /// The resource name as given.
     pub fn resource(&self) -> &str {
         &self.state.grant.resource
+    }
+
+    /// How it is held: exclusive, shared, or permits of a semaphore.
+    pub fn access(&self) -> Access {
+        self.state.grant.access
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.

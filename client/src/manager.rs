@@ -17,7 +17,7 @@ use crate::conn::{Conn, Target};
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
 use crate::core::lost::LostReservation;
-use crate::core::protocol::{self, ReservationInfo};
+use crate::core::protocol::{self, Access, ReservationInfo};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
 use crate::error::{is_connection_error, Error};
@@ -114,8 +114,75 @@ impl ReservationManager {
     /// `Ok(Some(_))`: it is ours, kept alive by a heartbeat until released
     /// or dropped. `Ok(None)`: someone else holds it.
     pub fn lock(&self, resource: &str) -> Result<Option<Reservation>, Error> {
+        self.lock_impl(resource, Access::Exclusive)
+    }
+
+    /// Tries to take `resource` with `access` without waiting: exclusive
+    /// (what [`lock`](Self::lock) does), a shared (read) grant, or permits
+    /// of a counting semaphore. `Ok(None)` when it does not fit now or
+    /// others wait before it (no barging).
+    pub fn lock_with(&self, resource: &str, access: Access) -> Result<Option<Reservation>, Error> {
+        self.lock_impl(resource, access)
+    }
+
+    /// A shared (read) reservation of `resource` without waiting: shared
+    /// reservations coexist; an exclusive one waits for all of them.
+    pub fn lock_shared(&self, resource: &str) -> Result<Option<Reservation>, Error> {
+        self.lock_with(resource, Access::Shared)
+    }
+
+    /// `permits` of the `limit`-permit semaphore `resource`, without
+    /// waiting.
+    pub fn lock_permits(
+        &self,
+        resource: &str,
+        limit: u32,
+        permits: u32,
+    ) -> Result<Option<Reservation>, Error> {
+        self.lock_with(resource, Access::Permits { limit, permits })
+    }
+
+    /// Waits for `resource` with `access`, in FIFO order with every other
+    /// request on it (`timeout` `None`: as long as it takes; `Ok(None)`
+    /// once a timeout passes).
+    pub fn wait_with(
+        &self,
+        resource: &str,
+        access: Access,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Reservation>, Error> {
+        match timeout {
+            Some(t) if t.is_zero() => self.lock_with(resource, access),
+            Some(t) => self.wait_impl(resource, access, Some(t)),
+            None => loop {
+                if let Some(r) = self.wait_impl(resource, access, None)? {
+                    return Ok(Some(r));
+                }
+            },
+        }
+    }
+
+    /// Waits as long as it takes for a shared (read) reservation.
+    pub fn wait_until_lock_shared(&self, resource: &str) -> Result<Reservation, Error> {
+        self.wait_with(resource, Access::Shared, None)
+            .map(|r| r.expect("a wait without a timeout returns only a grant"))
+    }
+
+    /// Waits as long as it takes for `permits` of the `limit`-permit
+    /// semaphore `resource`.
+    pub fn wait_until_permits(
+        &self,
+        resource: &str,
+        limit: u32,
+        permits: u32,
+    ) -> Result<Reservation, Error> {
+        self.wait_with(resource, Access::Permits { limit, permits }, None)
+            .map(|r| r.expect("a wait without a timeout returns only a grant"))
+    }
+
+    fn lock_impl(&self, resource: &str, access: Access) -> Result<Option<Reservation>, Error> {
         let s = &self.inner.settings;
-        let claim = Claim::new(s, resource);
+        let claim = Claim::with_access(s, resource, access);
         let lock = claim.lock_cmd(s);
         let result = self.inner.with_conn(true, |conn| {
             let token: u64 = conn.query(&lock)?;
@@ -163,7 +230,7 @@ impl ReservationManager {
     /// same holder identity, so a grant whose reply was lost is picked up.
     pub fn wait_until_lock(&self, resource: &str) -> Result<Reservation, Error> {
         loop {
-            if let Some(r) = self.wait_impl(resource, None)? {
+            if let Some(r) = self.wait_impl(resource, Access::Exclusive, None)? {
                 return Ok(r);
             }
         }
@@ -181,7 +248,7 @@ impl ReservationManager {
         if timeout.is_zero() {
             return self.lock(resource);
         }
-        self.wait_impl(resource, Some(timeout))
+        self.wait_impl(resource, Access::Exclusive, Some(timeout))
     }
 
     /// What the server knows about `resource` (`RESERVE.INFO`): `None`
@@ -197,10 +264,11 @@ impl ReservationManager {
     fn wait_impl(
         &self,
         resource: &str,
+        access: Access,
         timeout: Option<Duration>,
     ) -> Result<Option<Reservation>, Error> {
         let s = &self.inner.settings;
-        let mut wait = Wait::new(s, resource, timeout, Instant::now());
+        let mut wait = Wait::new(s, resource, access, timeout, Instant::now());
         let mut conn: Option<Conn> = None;
         loop {
             let attempt = wait.attempt(s, Instant::now());
@@ -424,6 +492,11 @@ impl Reservation {
     /// The resource name as given.
     pub fn resource(&self) -> &str {
         &self.state.grant.resource
+    }
+
+    /// How it is held: exclusive, shared, or permits of a semaphore.
+    pub fn access(&self) -> Access {
+        self.state.grant.access
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.

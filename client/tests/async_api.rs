@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{command_calls, exists, holder_of, info_field, Logs};
 use redis_reservation_client::{
-    AsyncReservationManager, Error, Level, LostReason, ReservationManager,
+    Access, AsyncReservationManager, Error, Level, LostReason, ReservationManager,
 };
 use testkit::{redis, wait_until, Config, Server, DEADLINE};
 
@@ -264,4 +264,52 @@ async fn replica_acknowledgement() {
         Some(r.holder())
     );
     r.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_reservations_and_permits() {
+    let server = Server::start();
+    let readers = manager(&server, "reader");
+    let writer = manager(&server, "writer");
+    let r1 = readers.lock_shared("doc").await.unwrap().expect("free");
+    let r2 = readers.lock_shared("doc").await.unwrap().expect("shared");
+    assert_eq!(r2.access(), Access::Shared);
+    assert!(writer.lock("doc").await.unwrap().is_none());
+    let w = tokio::spawn(async move { writer.wait_until_lock("doc").await });
+    let mut c = server.conn();
+    wait_until(DEADLINE, "the writer is queued", || {
+        info_field(&mut c, "waiters") == 1
+    });
+    let last_reader = r2.token();
+    r1.release().await.unwrap();
+    r2.release().await.unwrap();
+    let got = w.await.unwrap().unwrap();
+    assert!(got.token() > last_reader);
+    got.release().await.unwrap();
+
+    let pool = manager(&server, "pool");
+    let a = pool
+        .lock_permits("gpu", 2, 2)
+        .await
+        .unwrap()
+        .expect("2 of 2");
+    assert!(pool.lock_permits("gpu", 2, 1).await.unwrap().is_none());
+    let waiting = {
+        let pool = manager(&server, "pool2");
+        tokio::spawn(async move { pool.wait_until_permits("gpu", 2, 1).await })
+    };
+    wait_until(DEADLINE, "the permit request is queued", || {
+        info_field(&mut c, "waiters") == 1
+    });
+    a.release().await.unwrap();
+    let b = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        b.access(),
+        Access::Permits {
+            limit: 2,
+            permits: 1
+        }
+    );
+    b.release().await.unwrap();
+    assert!(!exists(&mut c, "reservation-gpu"));
 }

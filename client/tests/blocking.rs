@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::{command_calls, exists, holder_of, info_field, token_of, Logs};
 use redis_reservation_client::{
-    Error, Level, LostReason, LostReservation, ReservationManager, ReservationManagerBuilder,
+    Access, Error, Level, LostReason, LostReservation, ReservationManager,
+    ReservationManagerBuilder,
 };
 use testkit::{redis, wait_until, Config, Server, DEADLINE};
 
@@ -635,4 +636,62 @@ fn an_unreachable_server_is_a_connection_error() {
     // Waiting forever still gives up after the bounded attempts.
     let err = m.wait_until_lock("job").unwrap_err();
     assert!(matches!(err, Error::Connection(_)), "{err:?}");
+}
+
+#[test]
+fn shared_reservations_and_semaphore_permits() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let readers = manager(&server, "reader");
+    let writer = manager(&server, "writer");
+    // Readers share; a writer does not fit beside them.
+    let r1 = readers.lock_shared("doc").unwrap().expect("free");
+    let r2 = readers.lock_shared("doc").unwrap().expect("shared");
+    assert_eq!(r1.access(), Access::Shared);
+    assert!(r2.token() > r1.token());
+    assert!(writer.lock("doc").unwrap().is_none());
+    // A queued writer is granted when the last reader leaves.
+    let (tx, rx) = mpsc::channel();
+    let w = std::thread::spawn(move || tx.send(writer.wait_until_lock("doc")).unwrap());
+    wait_until(DEADLINE, "the writer is queued", || {
+        info_field(&mut c, "waiters") == 1
+    });
+    assert!(
+        readers.lock_shared("doc").unwrap().is_none(),
+        "no reader passes a queued writer"
+    );
+    r1.release().unwrap();
+    assert!(rx.try_recv().is_err());
+    drop(r2); // dropping releases
+    let got = rx.recv_timeout(DEADLINE).unwrap().unwrap();
+    w.join().unwrap();
+    assert_eq!(got.access(), Access::Exclusive);
+    got.release().unwrap();
+
+    // A semaphore of 3: 2 + 1 permits fit, one more waits for a release.
+    let pool = manager(&server, "pool");
+    let a = pool.lock_permits("gpu", 3, 2).unwrap().expect("2 of 3");
+    let b = pool.lock_permits("gpu", 3, 1).unwrap().expect("3 of 3");
+    assert!(pool.lock_permits("gpu", 3, 1).unwrap().is_none());
+    let info = pool.info("gpu").unwrap().expect("held");
+    assert_eq!(info.holder, a.holder());
+    let timed_out = pool
+        .wait_with(
+            "gpu",
+            Access::Permits {
+                limit: 3,
+                permits: 1,
+            },
+            Some(Duration::from_millis(50)),
+        )
+        .unwrap();
+    assert!(timed_out.is_none());
+    a.release().unwrap();
+    let c2 = pool.wait_until_permits("gpu", 3, 2).unwrap();
+    assert!(c2.token() > b.token());
+    // The heartbeat renews shared grants too.
+    c2.renew().unwrap();
+    b.release().unwrap();
+    c2.release().unwrap();
+    assert!(!exists(&mut c, "reservation-gpu"));
 }

@@ -7,7 +7,7 @@ use log::Level;
 use redis::Cmd;
 
 use crate::core::lost::{LostFlag, LostReason, LostReservation};
-use crate::core::protocol;
+use crate::core::protocol::{self, Access};
 use crate::core::settings::Settings;
 use crate::error::Error;
 
@@ -17,19 +17,27 @@ pub(crate) struct Claim {
     pub(crate) key: String,
     /// Unique to this attempt, so a release by holder alone is safe.
     pub(crate) holder: String,
+    pub(crate) access: Access,
 }
 
 impl Claim {
+    /// An exclusive claim (the mutex).
+    #[cfg(test)]
     pub(crate) fn new(settings: &Settings, resource: &str) -> Claim {
+        Claim::with_access(settings, resource, Access::Exclusive)
+    }
+
+    pub(crate) fn with_access(settings: &Settings, resource: &str, access: Access) -> Claim {
         Claim {
             resource: resource.to_string(),
             key: settings.key_for(resource),
             holder: settings.new_holder(),
+            access,
         }
     }
 
     pub(crate) fn lock_cmd(&self, settings: &Settings) -> Cmd {
-        protocol::lock(&self.key, &self.holder, settings.lock_ttl)
+        protocol::lock(&self.key, &self.holder, settings.lock_ttl, self.access)
     }
 
     /// Undoes a grant that may have happened (`token` `None`: whatever this
@@ -60,6 +68,7 @@ impl Claim {
             resource: self.resource,
             key: self.key,
             holder: self.holder,
+            access: self.access,
             token,
             lost: LostFlag::new(),
         }
@@ -88,6 +97,7 @@ pub(crate) struct Grant {
     pub(crate) resource: String,
     pub(crate) key: String,
     pub(crate) holder: String,
+    pub(crate) access: Access,
     pub(crate) token: u64,
     pub(crate) lost: LostFlag,
 }

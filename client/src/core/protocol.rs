@@ -16,26 +16,75 @@ pub(crate) fn secs_arg(d: Duration) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
+/// How a reservation is held (SPEC section 9): the mutex, a shared (read)
+/// grant that coexists with other shared grants, or `permits` of a
+/// counting semaphore of `limit` permits. All of them queue on the one
+/// FIFO queue of their key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Access {
+    /// One holder at a time (no option: `RESERVE.LOCK key holder ttl`).
+    #[default]
+    Exclusive,
+    /// A read lock: shared grants coexist, an exclusive one waits for
+    /// them all (`SHARED`).
+    Shared,
+    /// `permits` of a semaphore of `limit` permits (`LIMIT n PERMITS k`;
+    /// the latest limit given on a key is its limit).
+    Permits {
+        /// The semaphore's size.
+        limit: u32,
+        /// How many of them this grant takes.
+        permits: u32,
+    },
+}
+
+impl Access {
+    /// The options LOCK and WAIT take for it.
+    pub(crate) fn args(&self) -> Vec<String> {
+        match *self {
+            Access::Exclusive => Vec::new(),
+            Access::Shared => vec!["SHARED".into()],
+            Access::Permits { limit, permits } => vec![
+                "LIMIT".into(),
+                limit.to_string(),
+                "PERMITS".into(),
+                permits.to_string(),
+            ],
+        }
+    }
+}
+
 /// WAIT's timeout in whole milliseconds, at least 1 (0 would block forever).
 fn wait_ms(timeout: Duration) -> u64 {
     (timeout.as_millis() as u64).max(1)
 }
 
-/// `RESERVE.LOCK key holder ttl`: answers the token, 0 when held.
-pub(crate) fn lock(key: &str, holder: &str, ttl: Duration) -> Cmd {
+/// `RESERVE.LOCK key holder ttl [options]`: answers the token, 0 when it
+/// does not fit now.
+pub(crate) fn lock(key: &str, holder: &str, ttl: Duration, access: Access) -> Cmd {
     let mut cmd = redis::cmd("RESERVE.LOCK");
-    cmd.arg(key).arg(holder).arg(secs_arg(ttl));
+    cmd.arg(key)
+        .arg(holder)
+        .arg(secs_arg(ttl))
+        .arg(access.args());
     cmd
 }
 
-/// `RESERVE.WAIT key holder ttl timeout` (`0`: no timeout): answers the
-/// token, 0 when it timed out or was unblocked.
-pub(crate) fn wait(key: &str, holder: &str, ttl: Duration, timeout: Option<Duration>) -> Cmd {
+/// `RESERVE.WAIT key holder ttl timeout [options]` (`0`: no timeout):
+/// answers the token, 0 when it timed out or was unblocked.
+pub(crate) fn wait(
+    key: &str,
+    holder: &str,
+    ttl: Duration,
+    timeout: Option<Duration>,
+    access: Access,
+) -> Cmd {
     let mut cmd = redis::cmd("RESERVE.WAIT");
     cmd.arg(key)
         .arg(holder)
         .arg(secs_arg(ttl))
-        .arg(timeout.map_or_else(|| "0".to_string(), secs_arg));
+        .arg(timeout.map_or_else(|| "0".to_string(), secs_arg))
+        .arg(access.args());
     cmd
 }
 
@@ -165,16 +214,39 @@ mod tests {
     fn commands_carry_their_arguments() {
         let ttl = Duration::from_millis(1500);
         assert_eq!(
-            args(&lock("k", "h", ttl)),
+            args(&lock("k", "h", ttl, Access::Exclusive)),
             ["RESERVE.LOCK", "k", "h", "1.500"]
         );
         assert_eq!(
-            args(&wait("k", "h", ttl, None)),
+            args(&lock("k", "h", ttl, Access::Shared)),
+            ["RESERVE.LOCK", "k", "h", "1.500", "SHARED"]
+        );
+        assert_eq!(
+            args(&wait("k", "h", ttl, None, Access::Exclusive)),
             ["RESERVE.WAIT", "k", "h", "1.500", "0"]
         );
         assert_eq!(
-            args(&wait("k", "h", ttl, Some(Duration::from_millis(20)))),
-            ["RESERVE.WAIT", "k", "h", "1.500", "0.020"]
+            args(&wait(
+                "k",
+                "h",
+                ttl,
+                Some(Duration::from_millis(20)),
+                Access::Permits {
+                    limit: 5,
+                    permits: 2
+                }
+            )),
+            [
+                "RESERVE.WAIT",
+                "k",
+                "h",
+                "1.500",
+                "0.020",
+                "LIMIT",
+                "5",
+                "PERMITS",
+                "2"
+            ]
         );
         assert_eq!(
             args(&renew("k", "h", ttl, 9)),

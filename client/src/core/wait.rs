@@ -9,7 +9,7 @@ use redis::Cmd;
 
 use crate::core::clock::Moment;
 use crate::core::grant::Claim;
-use crate::core::protocol::{self, WAIT_SLACK};
+use crate::core::protocol::{self, Access, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::error::{is_transient, Error};
 
@@ -36,10 +36,11 @@ impl<I: Moment> Wait<I> {
     pub(crate) fn new(
         settings: &Settings,
         resource: &str,
+        access: Access,
         timeout: Option<Duration>,
         now: I,
     ) -> Wait<I> {
-        let claim = Claim::new(settings, resource);
+        let claim = Claim::with_access(settings, resource, access);
         settings.log(
             Level::Debug,
             &format!("waiting for {} as {}", claim.key, claim.holder),
@@ -71,7 +72,7 @@ impl<I: Moment> Wait<I> {
                     .max(Duration::from_millis(10))
             }),
             read_timeout: remaining.map(|r| r + WAIT_SLACK),
-            cmd: protocol::wait(&c.key, &c.holder, settings.lock_ttl, remaining),
+            cmd: protocol::wait(&c.key, &c.holder, settings.lock_ttl, remaining, c.access),
         }
     }
 
@@ -186,7 +187,13 @@ mod tests {
     #[test]
     fn each_wait_blocks_for_what_is_left_and_never_for_zero() {
         let s = Settings::for_tests(Arc::default());
-        let w = Wait::new(&s, "job", Some(2000 * MS), Duration::ZERO);
+        let w = Wait::new(
+            &s,
+            "job",
+            Access::Exclusive,
+            Some(2000 * MS),
+            Duration::ZERO,
+        );
         let holder = w.claim.holder.clone();
         let a = w.attempt(&s, 500 * MS);
         assert_eq!(
@@ -199,7 +206,7 @@ mod tests {
         assert_eq!(args(&late.cmd)[4], "0.001");
         assert_eq!(late.connect_timeout, 10 * MS);
 
-        let forever = Wait::new(&s, "job", None, Duration::ZERO);
+        let forever = Wait::new(&s, "job", Access::Exclusive, None, Duration::ZERO);
         let a = forever.attempt(&s, 500 * MS);
         assert_eq!(args(&a.cmd)[4], "0");
         assert_eq!(a.read_timeout, None);
@@ -210,8 +217,8 @@ mod tests {
     fn a_zero_reply_is_a_timeout_or_an_unblock() {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let s = Settings::for_tests(logs.clone());
-        let timed = Wait::new(&s, "job", Some(MS), Duration::ZERO);
-        let forever = Wait::new(&s, "job", None, Duration::ZERO);
+        let timed = Wait::new(&s, "job", Access::Exclusive, Some(MS), Duration::ZERO);
+        let forever = Wait::new(&s, "job", Access::Exclusive, None, Duration::ZERO);
         assert_eq!(timed.reply(&s, 4), Some(4));
         assert_eq!(timed.reply(&s, 0), None);
         assert_eq!(forever.reply(&s, 0), None);
@@ -223,7 +230,7 @@ mod tests {
     #[test]
     fn reconnects_until_the_attempts_are_used_up() {
         let s = Settings::for_tests(Arc::default());
-        let mut w = Wait::new(&s, "job", None, Duration::ZERO);
+        let mut w = Wait::new(&s, "job", Access::Exclusive, None, Duration::ZERO);
         for n in 1..=s.reconnect_attempts {
             let delay = w.retry(&s, dropped(), None, Duration::ZERO).unwrap();
             assert!(delay >= backoff(n, s.max_backoff, 0), "{delay:?}");
@@ -237,7 +244,7 @@ mod tests {
     #[test]
     fn a_connection_that_worked_a_while_starts_a_new_run() {
         let s = Settings::for_tests(Arc::default());
-        let mut w = Wait::new(&s, "job", None, Duration::ZERO);
+        let mut w = Wait::new(&s, "job", Access::Exclusive, None, Duration::ZERO);
         for _ in 0..10 {
             let ran_for = Some(Duration::from_secs(1));
             assert!(w.retry(&s, dropped(), ran_for, Duration::ZERO).is_ok());
@@ -247,7 +254,13 @@ mod tests {
     #[test]
     fn never_backs_off_past_the_deadline() {
         let s = Settings::for_tests(Arc::default());
-        let mut w = Wait::new(&s, "job", Some(1000 * MS), Duration::ZERO);
+        let mut w = Wait::new(
+            &s,
+            "job",
+            Access::Exclusive,
+            Some(1000 * MS),
+            Duration::ZERO,
+        );
         let delay = w.retry(&s, dropped(), None, 990 * MS).unwrap();
         assert!(delay <= 10 * MS, "{delay:?}");
         assert!(w.retry(&s, dropped(), None, 1000 * MS).is_err());
@@ -256,7 +269,7 @@ mod tests {
     #[test]
     fn permanent_errors_give_up_at_once() {
         let s = Settings::for_tests(Arc::default());
-        let mut w = Wait::new(&s, "job", None, Duration::ZERO);
+        let mut w = Wait::new(&s, "job", Access::Exclusive, None, Duration::ZERO);
         let wrongtype = redis::RedisError::from((redis::ErrorKind::TypeError, "WRONGTYPE"));
         assert!(matches!(
             w.retry(&s, wrongtype, None, Duration::ZERO),
