@@ -1462,6 +1462,10 @@ fn random_arg(rng: &mut StdRng) -> Vec<u8> {
         "TOKEN",
         "token",
         "TOKENS",
+        "SHARED",
+        "shared",
+        "LIMIT",
+        "PERMITS",
         "",
         " ",
         "\0",
@@ -1520,6 +1524,7 @@ fn hostile_argument_sweep_never_crashes() {
         "RESERVE.WAIT",
         "RESERVE.INFO",
         "RESERVE.SETSTATE",
+        "RESERVE.SETGRANTS",
     ];
     let mut rng = StdRng::seed_from_u64(0x5EED_0F2E);
     let (mut values, mut errors) = (0u32, 0u32);

@@ -341,6 +341,26 @@ fn read_command(reader: &mut impl BufRead) -> Vec<Vec<u8>> {
     argv
 }
 
+/// `RESERVE.SETGRANTS`'s state argument for shared grants of one permit
+/// (the module's encoding: version, limit, count, then per grant token,
+/// acquired-at, expiry, renewals, mode, permits, holder; little endian).
+fn grant_set(grants: &[(u64, &[u8])], expire_ms: i64) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(&(grants.len() as u32).to_le_bytes());
+    for (token, holder) in grants {
+        v.extend_from_slice(&token.to_le_bytes());
+        v.extend_from_slice(&1_800_000_000_000i64.to_le_bytes());
+        v.extend_from_slice(&expire_ms.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.push(1);
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&(holder.len() as u32).to_le_bytes());
+        v.extend_from_slice(holder);
+    }
+    v
+}
+
 /// An RDB file from a real server with the module and no keys.
 fn empty_rdb() -> Vec<u8> {
     let server = Server::start();
@@ -401,15 +421,36 @@ fn a_replica_refuses_out_of_range_state_from_its_master() {
     ]);
     master.send(&[b"RESERVE.SETSTATE", b"evil5", b"", b"1000", b"1", b"0", e]);
     master.send(&[b"RESERVE.TOKENFLOOR", (1u64 << 62).to_string().as_bytes()]);
+    // A grant set (two shared grants) with one forged token, and the same
+    // set valid, as a control below.
+    let expire_ms: i64 = expire.parse().unwrap();
+    master.send(&[
+        b"RESERVE.SETGRANTS",
+        b"evil6",
+        &grant_set(&[(1000, b"r1"), (1 << 63, b"r2")], expire_ms),
+    ]);
+    master.send(&[b"RESERVE.SETGRANTS", b"evil7", &[1, 0, 0]]);
+    master.send(&[
+        b"RESERVE.SETGRANTS",
+        b"shared",
+        &grant_set(&[(2000, b"r1"), (2001, b"r2")], expire_ms),
+    ]);
     // Control: a valid SETSTATE after them is applied.
     master.send(&[b"RESERVE.SETSTATE", b"good", b"h", b"123456", b"1", b"0", e]);
     wait_until(DEADLINE, "the valid state reached the replica", || {
         int(&mut c, &["EXISTS", "good"]) == 1
     });
     assert_eq!(info_token(&mut c, "good"), Some(123_456));
-    for key in ["evil1", "evil2", "evil3", "evil4", "evil5"] {
+    for key in [
+        "evil1", "evil2", "evil3", "evil4", "evil5", "evil6", "evil7",
+    ] {
         assert_eq!(int(&mut c, &["EXISTS", key]), 0, "{key}");
     }
+    assert_eq!(
+        info_token(&mut c, "shared"),
+        Some(2000),
+        "the valid set landed"
+    );
     assert_eq!(reservation_info(&mut c)["last_token"], 123_456);
 
     // Clients of the replica: no grant, renewal or release of its own.
