@@ -1,34 +1,19 @@
 //! redis-reservation: distributed reservations (locks that expire) as
 //! native Redis commands.
 //!
-//! Plain Rust, no FFI: `args` (parsing), `reservation` (state machine and
-//! fencing tokens), `waitqueue` (per-key FIFO queues).
-//! Redis glue: `commands` (handlers), `blocking` (RESERVE.WAIT, handoff,
-//! timers), `datatype` (RDB/AOF/digest callbacks), `events` (keyspace and
-//! server events), `config`, `info`, `registration`, `ffi`, `state`.
+//! Two folders: `engine` is plain Rust with no Redis in it (arguments,
+//! errors, the mutex and the grant engine, tokens, the wait queue), unit
+//! tested with a fake clock; `glue` is the thin Redis side (commands, the
+//! data type, blocked clients, timers, events, replication), with `ffi` at
+//! its bottom. Nothing in `engine` imports `glue`, and no file imports one
+//! that imports it back.
 
-pub mod args;
-mod blocking;
-mod cluster;
-mod commands;
-mod config;
-mod datatype;
-pub mod errors;
-mod events;
-mod ffi;
-mod granting;
-pub mod grants;
-mod info;
-mod notify;
-mod registration;
-pub mod reservation;
-mod state;
-pub mod value;
-pub mod waitqueue;
+pub mod engine;
+mod glue;
 
 use redis_module::{redis_module, Context, RedisString, Status};
 
-use crate::datatype::RESERVATION_TYPE;
+use crate::glue::datatype::RESERVATION_TYPE;
 
 // Unit tests run without a server, so they cannot use Redis's allocator.
 #[cfg(not(test))]
@@ -41,7 +26,7 @@ type Allocator = std::alloc::System;
 const ALLOCATOR: Allocator = std::alloc::System;
 
 fn on_load(ctx: &Context, args: &[RedisString]) -> Status {
-    match registration::load(ctx.ctx, args) {
+    match glue::registration::load(ctx.ctx, args) {
         Ok(()) => Status::Ok,
         Err(msg) => {
             ctx.log_warning(&format!("reservation: cannot load: {msg}"));

@@ -5,9 +5,7 @@
 //! here can panic on any input (a property test at the bottom checks it),
 //! because a panic inside a module takes the whole server down.
 
-use std::fmt;
-
-use crate::grants::{Ask, Mode};
+use crate::engine::grants::{Ask, Mode};
 
 /// Largest wait timeout accepted: 100 years. Anything larger is almost
 /// certainly a unit mistake, and keeping it far below `i64::MAX` keeps
@@ -31,12 +29,6 @@ pub enum ArgError {
     Permits,
     Syntax,
     WrongArity,
-}
-
-impl fmt::Display for ArgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::errors::arg_error_message(*self))
-    }
 }
 
 /// Parses seconds written in plain decimal notation (`30`, `0.25`, `.5`,
@@ -143,7 +135,7 @@ pub fn parse_token_option(rest: &[&[u8]]) -> Result<Option<u64>, ArgError> {
 /// neither be adopted nor exhaust the counter.
 pub fn parse_stored_token(input: &[u8]) -> Result<u64, ArgError> {
     let token = parse_token(input)?;
-    if crate::reservation::is_valid_token(token) {
+    if crate::engine::tokens::is_valid_token(token) {
         Ok(token)
     } else {
         Err(ArgError::Token)
@@ -344,7 +336,7 @@ pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgErr
     let renewals = std::str::from_utf8(renewals)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&n| n <= crate::reservation::MAX_RENEWALS)
+        .filter(|&n| n <= crate::engine::grants::MAX_RENEWALS)
         .ok_or(ArgError::Syntax)?;
     let expire_at_ms = match parse_i64(expire).ok_or(ArgError::Syntax)? {
         0 => None,
@@ -649,7 +641,7 @@ mod tests {
                 prop_assert!(ask.limit.is_none_or(|n| ask.permits <= n && n <= LIMITS.max_holders));
             }
             if let Ok(a) = parse_set_state(&argv) {
-                prop_assert!(crate::reservation::is_valid_token(a.token));
+                prop_assert!(crate::engine::tokens::is_valid_token(a.token));
             }
         }
 

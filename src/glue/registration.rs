@@ -13,11 +13,11 @@ use std::ptr;
 use redis_module::raw;
 use redis_module::RedisString;
 
-use crate::commands;
-use crate::config;
-use crate::events;
-use crate::ffi::{rm, Ctx};
-use crate::info;
+use crate::glue::commands;
+use crate::glue::config;
+use crate::glue::events;
+use crate::glue::ffi::{rm, Ctx};
+use crate::glue::info;
 
 type CommandFn = extern "C" fn(Ctx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
 
@@ -397,7 +397,10 @@ pub fn load(ctx: Ctx, module_args: &[RedisString]) -> Result<(), String> {
         register_command(ctx, spec)?;
     }
     events::subscribe(ctx)?;
-    crate::ffi::init_detached_ctx(ctx);
+    // Keys Redis drops without a notification still get their waiters
+    // checked (the data type reports them; blocking knows what to do).
+    crate::glue::state::on_silent_unlink(crate::glue::blocking::check_later_if_waited);
+    crate::glue::ffi::init_detached_ctx(ctx);
     // Replaces the crate's default (empty) info handler.
     // SAFETY: ctx is the OnLoad context.
     let status = unsafe { rm!(RedisModule_RegisterInfoFunc)(ctx, Some(info::info_callback)) };

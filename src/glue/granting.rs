@@ -12,13 +12,14 @@
 
 use std::ptr::NonNull;
 
-use crate::errors;
-use crate::ffi::{self, rm, Ctx, KeyKind, OpenKey};
-use crate::grants::{Grant, GrantSet, Mine, Mode, Occupancy};
-use crate::notify::{notify_bytes, Event};
-use crate::reservation::{Reservation, ReservationRef};
-use crate::state::{bump, count_set_grants, issue_token, STATS};
-use crate::value::{self, Value, ValueRef};
+use crate::engine::errors;
+use crate::engine::grants::{Grant, GrantSet, Mine, Mode, Occupancy};
+use crate::engine::reservation::{Reservation, ReservationRef};
+use crate::engine::value::{self, Value, ValueRef};
+use crate::glue::ffi::{self, rm, Ctx};
+use crate::glue::notify::{notify_bytes, Event};
+use crate::glue::state::{bump, count_set_grants, issue_token, STATS};
+use crate::glue::store::{KeyKind, OpenKey};
 
 /// Propagates one mutex's full state: holder, exact token, absolute expiry.
 pub fn replicate_state(ctx: Ctx, key: &[u8], r: ReservationRef<'_>, expire_at_ms: i64) {

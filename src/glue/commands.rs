@@ -11,22 +11,25 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use redis_module::raw;
 
-use crate::args::{self, ArgError};
-use crate::blocking::{self, block_waiter, queue_key};
-use crate::config;
-use crate::errors;
-use crate::ffi::{
-    self, context_flags, log_warning, now_ms, reply_bulk, reply_error, reply_integer, reply_map,
-    reply_null, reply_wrong_arity, rm, Ctx, KeyKind, OpenKey, RString,
-};
-use crate::granting::{self, grant, replicate_state};
-use crate::grants::{decide_acquire, Acquire, Ask, Grant, GrantSet, Mode};
-use crate::notify::{notify, Event};
-use crate::reservation::{
+use crate::engine::args::{self, ArgError};
+use crate::engine::errors;
+use crate::engine::grants::{decide_acquire, Acquire, Ask, Grant, GrantSet, Mode};
+use crate::engine::reservation::{
     decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation, ReservationRef,
 };
-use crate::state::{bump, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED};
-use crate::value::ValueRef;
+use crate::engine::value::ValueRef;
+use crate::glue::blocking::{self, block_waiter, queue_key};
+use crate::glue::config;
+use crate::glue::ffi::{
+    self, context_flags, log_warning, now_ms, reply_bulk, reply_error, reply_integer, reply_map,
+    reply_null, reply_wrong_arity, rm, Ctx, RString,
+};
+use crate::glue::granting::{self, grant, replicate_state};
+use crate::glue::notify::{notify, Event};
+use crate::glue::state::{
+    bump, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED,
+};
+use crate::glue::store::{KeyKind, OpenKey};
 
 /// Why a command failed.
 pub enum Failure {

@@ -12,13 +12,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard, TryLockError};
+use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use redis_module::raw;
 
-use crate::grants::Ask;
-use crate::reservation::{TokenIssuer, TokensExhausted, MAX_TOKEN};
-use crate::waitqueue::{WaitQueues, WaiterId};
+use crate::engine::grants::Ask;
+use crate::engine::tokens::{TokenIssuer, TokensExhausted, MAX_TOKEN};
+use crate::engine::waitqueue::{WaitQueues, WaiterId};
 
 // ----- fencing tokens -----
 
@@ -169,5 +169,36 @@ pub fn state() -> Option<MutexGuard<'static, ModuleState>> {
         // bookkeeping that each operation leaves consistent, so go on.
         Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
         Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+// ----- hooks and notes between callbacks -----
+
+/// The client Redis is freeing right now: it fires the client-change event
+/// just before unblocking the client, so the disconnect callback can tell a
+/// dying connection (which must not be inspected) from a `CLIENT UNBLOCK`.
+static DISCONNECTING: AtomicU64 = AtomicU64::new(0);
+
+pub fn note_disconnecting(id: u64) {
+    DISCONNECTING.store(id, Ordering::Relaxed);
+}
+
+/// Whether client `id` is being freed (ids are never reused).
+pub fn is_disconnecting(id: u64) -> bool {
+    DISCONNECTING.load(Ordering::Relaxed) == id
+}
+
+/// What to do when Redis removes one of our keys without any keyspace
+/// notification: set once at load by the layer that checks waited keys
+/// (`blocking`), so the data type's callback need not know it.
+static SILENT_UNLINK: OnceLock<fn(&QueueKey)> = OnceLock::new();
+
+pub fn on_silent_unlink(hook: fn(&QueueKey)) {
+    let _ = SILENT_UNLINK.set(hook);
+}
+
+pub fn silent_unlink(key: &QueueKey) {
+    if let Some(hook) = SILENT_UNLINK.get() {
+        hook(key);
     }
 }

@@ -3,7 +3,7 @@
 //! Each starts with a Redis error code (`ERR`, `WRONGTYPE`) because clients
 //! such as redis-rs take the first word as the error kind.
 
-use crate::args::ArgError;
+use crate::engine::args::ArgError;
 
 pub const INVALID_TTL: &str = "ERR invalid ttl";
 pub const INVALID_TIMEOUT: &str = "ERR invalid timeout";

@@ -8,8 +8,8 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
-use crate::grants::GrantSet;
-use crate::reservation::{Reservation, ReservationRef};
+use crate::engine::grants::GrantSet;
+use crate::engine::reservation::{Reservation, ReservationRef};
 
 const SET_TAG: usize = 1;
 
@@ -109,7 +109,7 @@ fn untag(raw: NonNull<c_void>) -> *mut u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grants::{Grant, Mode};
+    use crate::engine::grants::{Grant, Mode};
 
     #[test]
     fn both_kinds_round_trip_through_one_pointer() {

@@ -13,7 +13,7 @@
 
 use redis_module::{Context, RedisValue};
 
-use crate::ffi::Ctx;
+use crate::glue::ffi::Ctx;
 
 /// CRC16-CCITT (XMODEM), the hash Redis Cluster uses for key slots.
 fn crc16(bytes: &[u8]) -> u16 {
@@ -116,7 +116,7 @@ pub fn route_from_nodes(nodes: &str, slot: u16) -> Route {
 
 /// The route of `key` on this node; `Mine` outside cluster mode.
 pub fn route(ctx: Ctx, key: &[u8]) -> Route {
-    let flags = crate::ffi::context_flags(ctx);
+    let flags = crate::glue::ffi::context_flags(ctx);
     if flags & redis_module::raw::REDISMODULE_CTX_FLAGS_CLUSTER == 0 {
         return Route::Mine;
     }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use redis_module::raw;
 
-use crate::args::Limits;
-use crate::ffi::{rm, Ctx};
+use crate::engine::args::Limits;
+use crate::glue::ffi::{rm, Ctx};
 
 /// One numeric setting: its name, bounds and current value.
 pub struct Setting {

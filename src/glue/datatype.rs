@@ -14,12 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
-use crate::args::HOLDER_LEN_CAP;
-use crate::ffi::{log_io_warning, rm, string_bytes, RString};
-use crate::grants::GrantSet;
-use crate::reservation::{is_valid_token, Reservation, MAX_RENEWALS};
-use crate::state::{count_set_grants, last_token, observe_token, QueueKey, SET_GRANTS};
-use crate::value::{Value, ValueRef};
+use crate::engine::args::HOLDER_LEN_CAP;
+use crate::engine::grants::GrantSet;
+use crate::engine::grants::MAX_RENEWALS;
+use crate::engine::reservation::Reservation;
+use crate::engine::tokens::is_valid_token;
+use crate::engine::value::{Value, ValueRef};
+use crate::glue::ffi::{log_io_warning, rm, string_bytes, RString};
+use crate::glue::state::{count_set_grants, last_token, observe_token, QueueKey, SET_GRANTS};
+use crate::glue::unlinks;
 
 pub const TYPE_NAME: &str = "rsrv-lock";
 pub const ENCODING_VERSION: i32 = 2;
@@ -316,20 +319,8 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int)
     }
 }
 
-// ----- telling expiry apart from other deletions -----
-//
-// Redis calls `unlink2` just before it removes one of our keys from the
-// keyspace, and fires the `expired` / `evicted` notification right after.
-// Remembering the last unlinked key lets the notification count the
-// expirations of reservations (the key is already gone by then, so its
-// type cannot be asked).
-
-/// The last reservation unlinked, and when (unix ms).
-static LAST_UNLINKED: std::sync::Mutex<Option<(QueueKey, i64)>> = std::sync::Mutex::new(None);
-/// Set while LAST_UNLINKED holds a key: lets every other notification
-/// skip the mutex.
-static UNLINK_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
+/// Redis calls this just before it removes one of our keys from the
+/// keyspace (see `unlinks.rs`).
 extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
     // SAFETY: the opt ctx is valid for this callback.
     let (name, db) = unsafe {
@@ -338,51 +329,8 @@ extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
             rm!(RedisModule_GetDbIdFromOptCtx)(ctx),
         )
     };
-    let key = QueueKey {
+    unlinks::record(QueueKey {
         db,
         key: string_bytes(name).into(),
-    };
-    // Some deletions fire no keyspace notification (a cluster node losing
-    // a slot to a newer epoch drops its keys silently): a key with waiters
-    // gets its deferred check from here too.
-    if !crate::ffi::in_own_delete() {
-        crate::blocking::check_later_if_waited(&key);
-    }
-    if let Ok(mut last) = LAST_UNLINKED.try_lock() {
-        *last = Some((key, crate::ffi::now_ms()));
-        UNLINK_PENDING.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Whether `key` is the reservation Redis unlinked just before the
-/// notification being handled. Redis fires `expired` right after the
-/// unlink, within the same millisecond or the next. Every notification we
-/// receive consumes the record, and one we do not receive (a `SET` over
-/// the reservation) cannot leave a stale record that matches later: a
-/// value written after the unlink expires two milliseconds later at the
-/// earliest.
-pub fn take_unlinked(key: &QueueKey) -> bool {
-    if !UNLINK_PENDING.swap(false, Ordering::Relaxed) {
-        return false;
-    }
-    match LAST_UNLINKED.try_lock() {
-        Ok(mut last) => match last.take() {
-            Some((unlinked, at)) => &unlinked == key && crate::ffi::now_ms() - at <= 1,
-            None => false,
-        },
-        Err(_) => false,
-    }
-}
-
-pub fn unlink_pending() -> bool {
-    UNLINK_PENDING.load(Ordering::Relaxed)
-}
-
-/// Our own deletions (RELEASE) are not expiries: drop the record.
-pub fn forget_unlinked() {
-    if UNLINK_PENDING.swap(false, Ordering::Relaxed) {
-        if let Ok(mut last) = LAST_UNLINKED.try_lock() {
-            *last = None;
-        }
-    }
+    });
 }

@@ -13,7 +13,11 @@
 //!
 //! Plain Rust, no Redis: unit tests drive it with a fake clock.
 
-use crate::reservation::{is_valid_token, MAX_RENEWALS};
+use crate::engine::tokens::is_valid_token;
+
+/// The largest renewal count a stored grant keeps (it saturates there);
+/// a loaded or replicated count above it is refused rather than altered.
+pub const MAX_RENEWALS: u64 = u32::MAX as u64;
 
 /// Exclusive grants coexist with nothing; shared grants with each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,11 +10,12 @@ use std::ffi::{c_char, c_int, c_void};
 
 use redis_module::raw;
 
-use crate::blocking::{schedule_check, schedule_check_all};
-use crate::datatype::{take_unlinked, unlink_pending};
-use crate::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RString};
-use crate::notify::{notify, Event};
-use crate::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
+use crate::glue::blocking::{schedule_check, schedule_check_all};
+use crate::glue::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RString};
+use crate::glue::notify::{notify, Event};
+use crate::glue::state::note_disconnecting;
+use crate::glue::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
+use crate::glue::unlinks::{take_unlinked, unlink_pending};
 
 /// The classes through which a key can go away or change its expiry: DEL,
 /// UNLINK, RENAME, MOVE, RESTORE, EXPIRE/PERSIST (generic), expiry,
@@ -106,22 +107,12 @@ extern "C" fn record_token_floor(ctx: Ctx, _data: *mut c_void) {
     replicate(ctx, c"RESERVE.TOKENFLOOR", &[token.as_bytes()]);
 }
 
-/// The client Redis is freeing right now: it fires this event just before
-/// unblocking the client, so the disconnect callback can tell a dying
-/// connection (which must not be inspected) from a `CLIENT UNBLOCK`.
-static DISCONNECTING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 extern "C" fn on_client_change(_ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, data: *mut c_void) {
     if sub == raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED && !data.is_null() {
         // SAFETY: for client-change events the data is a ClientInfo.
         let info = unsafe { &*data.cast::<raw::RedisModuleClientInfo>() };
-        DISCONNECTING.store(info.id, std::sync::atomic::Ordering::Relaxed);
+        note_disconnecting(info.id);
     }
-}
-
-/// Whether client `id` is being freed (ids are never reused).
-pub fn is_disconnecting(id: u64) -> bool {
-    DISCONNECTING.load(std::sync::atomic::Ordering::Relaxed) == id
 }
 
 type ServerEventCallback = unsafe extern "C" fn(Ctx, raw::RedisModuleEvent, u64, *mut c_void);

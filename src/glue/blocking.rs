@@ -12,21 +12,22 @@ use std::ptr;
 
 use redis_module::raw;
 
-use crate::cluster::{self, Route};
-use crate::errors;
-use crate::ffi::{
+use crate::engine::errors;
+use crate::engine::grants::{admit, Ask, Grant, Occupancy};
+use crate::engine::value::ValueRef;
+use crate::engine::waitqueue::{Removed, WaiterId};
+use crate::glue::cluster::{self, Route};
+use crate::glue::ffi::{
     self, create_timer, is_master, now_ms, reply_error, reply_integer, rm, select_db, stop_timer,
-    Ctx, KeyKind, OpenKey, OwnedString, RString,
+    Ctx, OwnedString, RString,
 };
-use crate::granting::{self, Settled};
-use crate::grants::{admit, Ask, Grant, Occupancy};
-use crate::notify::{notify_bytes, Event};
-use crate::state::{
+use crate::glue::granting::{self, Settled};
+use crate::glue::notify::{notify_bytes, Event};
+use crate::glue::state::{
     bump, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter, STATS,
     WAITERS_QUEUED,
 };
-use crate::value::ValueRef;
-use crate::waitqueue::{Removed, WaiterId};
+use crate::glue::store::{KeyKind, OpenKey};
 
 /// What a blocked client is told when Redis runs its reply callback.
 enum WaitReply {
@@ -62,7 +63,7 @@ pub fn admit_waiters(
         return 0;
     };
     let occupancy = with_queue_limit(st, qk, occupancy);
-    let max = crate::config::max_holders();
+    let max = crate::glue::config::max_holders();
     let asks = st.waiters.iter(qk).map(|(_, w)| queued_ask(w));
     let n = admit(occupancy, asks, max);
     if n == 0 {
@@ -235,7 +236,7 @@ pub fn block_waiter(
     key_expire: Option<i64>,
     now: i64,
 ) -> Result<(), &'static str> {
-    let max = crate::config::max_waiters();
+    let max = crate::glue::config::max_waiters();
     if st.waiters.len(&qk) >= max {
         return Err(errors::TOO_MANY_WAITERS);
     }
@@ -366,7 +367,7 @@ extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient
         // and needs ours.
         // SAFETY: ctx is the blocked client's context.
         let id = unsafe { rm!(RedisModule_GetClientId)(ctx) };
-        if !crate::events::is_disconnecting(id) && !has_pending_output(ctx, id) {
+        if !crate::glue::state::is_disconnecting(id) && !has_pending_output(ctx, id) {
             reply_integer(ctx, 0);
         }
         // Redis clears the handle's client right after this callback, so
@@ -751,8 +752,10 @@ pub fn release_grant(
     true
 }
 
-/// From callbacks that have no context of their own (the data type's
-/// unlink): schedules a check of `qk` if anyone waits on it.
+/// For keys Redis removes without a notification (installed as the
+/// `state::on_silent_unlink` hook; it runs from the data type's unlink,
+/// which has no context of its own): schedules a check of `qk` if anyone
+/// waits on it.
 pub fn check_later_if_waited(qk: &QueueKey) {
     if WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         return;

@@ -6,7 +6,7 @@ use std::ffi::{c_int, CStr};
 
 use redis_module::raw;
 
-use crate::ffi::{rm, Ctx, OwnedString, RString};
+use crate::glue::ffi::{rm, Ctx, OwnedString, RString};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event {

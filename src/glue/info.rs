@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::raw;
 
-use crate::datatype::{live_grants, live_reservations};
-use crate::ffi::rm;
-use crate::state::{last_token, Stats, STATS, WAITERS_QUEUED};
+use crate::glue::datatype::{live_grants, live_reservations};
+use crate::glue::ffi::rm;
+use crate::glue::state::{last_token, Stats, STATS, WAITERS_QUEUED};
 
 fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 12] {
     [
