@@ -222,20 +222,33 @@ pub fn note_limit(st: &mut ModuleState, qk: &QueueKey, limit: Option<u32>) {
     }
 }
 
+/// What a blocked RESERVE.WAIT asks for.
+pub struct WaitRequest<'a> {
+    pub holder: &'a [u8],
+    pub ttl_ms: u64,
+    pub ask: Ask,
+    /// None: as long as it takes.
+    pub timeout_ms: Option<u64>,
+}
+
 /// Queues the calling client behind `qk`'s waiters. The caller has already
-/// found the key held; the client gets its reply when granted or timed out.
-#[allow(clippy::too_many_arguments)]
+/// found that the request does not fit now; the client gets its reply when
+/// granted or timed out. `key_expire` is the key's expiry, for the queue's
+/// timer.
 pub fn block_waiter(
     ctx: Ctx,
     st: &mut ModuleState,
     qk: QueueKey,
-    holder: &[u8],
-    ttl_ms: u64,
-    ask: Ask,
-    timeout_ms: Option<u64>,
+    req: &WaitRequest<'_>,
     key_expire: Option<i64>,
     now: i64,
 ) -> Result<(), &'static str> {
+    let &WaitRequest {
+        holder,
+        ttl_ms,
+        ask,
+        timeout_ms,
+    } = req;
     let max = crate::glue::config::max_waiters();
     if st.waiters.len(&qk) >= max {
         return Err(errors::TOO_MANY_WAITERS);

@@ -18,7 +18,7 @@ use crate::engine::reservation::{
     decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation, ReservationRef,
 };
 use crate::engine::value::ValueRef;
-use crate::glue::blocking::{self, block_waiter, queue_key};
+use crate::glue::blocking::{self, block_waiter, queue_key, WaitRequest};
 use crate::glue::config;
 use crate::glue::ffi::{
     self, context_flags, log_warning, now_ms, reply_bulk, reply_error, reply_integer, reply_map,
@@ -269,18 +269,13 @@ fn on_held(
         }
         OnHeld::Block { timeout_ms } => {
             let qk = queue_key(ctx, req.key);
-            block_waiter(
-                ctx,
-                st,
-                qk,
-                req.holder,
-                req.ttl_ms,
-                req.ask,
+            let wait = WaitRequest {
+                holder: req.holder,
+                ttl_ms: req.ttl_ms,
+                ask: req.ask,
                 timeout_ms,
-                key.abs_expire(),
-                now,
-            )
-            .map_err(Failure::from)
+            };
+            block_waiter(ctx, st, qk, &wait, key.abs_expire(), now).map_err(Failure::from)
         }
     }
 }
@@ -415,16 +410,7 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
     let expire_at = now.saturating_add(a.ttl_ms as i64);
     let cur = current(&key)?;
     if let Current::Grants(_) = cur {
-        return renew_grant(
-            ctx,
-            &key,
-            raw_args[1],
-            a.key,
-            a.holder,
-            a.token,
-            expire_at,
-            now,
-        );
+        return renew_grant(ctx, &key, raw_args[1], &a, now);
     }
     let decision = decide_owner(cur, a.holder, a.token);
     match decision {
@@ -462,17 +448,15 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
 
 /// RENEW of one grant of a set key: only that grant's expiry moves (the
 /// key's Redis expiry follows its latest grant). Expired grants end first.
-#[allow(clippy::too_many_arguments)]
 fn renew_grant(
     ctx: Ctx,
     key: &OpenKey,
     name: RString,
-    key_name: &[u8],
-    holder: &[u8],
-    token: Option<u64>,
-    expire_at: i64,
+    a: &args::RenewArgs<'_>,
     now: i64,
 ) -> Result<(), Failure> {
+    let (key_name, holder, token) = (a.key, a.holder, a.token);
+    let expire_at = now.saturating_add(a.ttl_ms as i64);
     let ended = granting::end_expired(ctx, key, key_name, now);
     let renewed = granting::with_set(key, |set| match set.find_mut(holder) {
         Some(g) if token.is_none_or(|t| t == g.token) => {
@@ -546,6 +530,24 @@ struct Shown<'a> {
     permits: u32,
 }
 
+/// The fields INFO shows for a grant, at the top (the oldest grant) and in
+/// each `holders` entry: holder, token, ttl_ms, acquired_at_ms, renewals,
+/// mode (six pairs).
+fn reply_grant(ctx: Ctx, g: &Shown<'_>) {
+    reply_bulk(ctx, b"holder");
+    reply_bulk(ctx, g.holder);
+    reply_bulk(ctx, b"token");
+    reply_integer(ctx, g.token as i64);
+    reply_bulk(ctx, b"ttl_ms");
+    reply_integer(ctx, g.ttl_ms);
+    reply_bulk(ctx, b"acquired_at_ms");
+    reply_integer(ctx, g.acquired_at_ms);
+    reply_bulk(ctx, b"renewals");
+    reply_integer(ctx, g.renewals as i64);
+    reply_bulk(ctx, b"mode");
+    reply_bulk(ctx, mode_name(g.mode));
+}
+
 fn mode_name(mode: Mode) -> &'static [u8] {
     match mode {
         Mode::Exclusive => b"exclusive",
@@ -613,18 +615,7 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
     let st = module_state()?;
     let qk = queue_key(ctx, name);
     reply_map(ctx, 11);
-    reply_bulk(ctx, b"holder");
-    reply_bulk(ctx, oldest.holder);
-    reply_bulk(ctx, b"token");
-    reply_integer(ctx, oldest.token as i64);
-    reply_bulk(ctx, b"ttl_ms");
-    reply_integer(ctx, oldest.ttl_ms);
-    reply_bulk(ctx, b"acquired_at_ms");
-    reply_integer(ctx, oldest.acquired_at_ms);
-    reply_bulk(ctx, b"renewals");
-    reply_integer(ctx, oldest.renewals as i64);
-    reply_bulk(ctx, b"mode");
-    reply_bulk(ctx, mode_name(oldest.mode));
+    reply_grant(ctx, oldest);
     reply_bulk(ctx, b"limit");
     reply_integer(ctx, i64::from(limit));
     reply_bulk(ctx, b"permits_used");
@@ -640,18 +631,7 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
     ffi::reply_array(ctx, grants.len());
     for g in &grants {
         reply_map(ctx, 7);
-        reply_bulk(ctx, b"holder");
-        reply_bulk(ctx, g.holder);
-        reply_bulk(ctx, b"token");
-        reply_integer(ctx, g.token as i64);
-        reply_bulk(ctx, b"ttl_ms");
-        reply_integer(ctx, g.ttl_ms);
-        reply_bulk(ctx, b"acquired_at_ms");
-        reply_integer(ctx, g.acquired_at_ms);
-        reply_bulk(ctx, b"renewals");
-        reply_integer(ctx, g.renewals as i64);
-        reply_bulk(ctx, b"mode");
-        reply_bulk(ctx, mode_name(g.mode));
+        reply_grant(ctx, g);
         reply_bulk(ctx, b"permits");
         reply_integer(ctx, i64::from(g.permits));
     }
