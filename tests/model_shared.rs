@@ -394,6 +394,8 @@ fn shared_grants_follow_the_model() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut last_token = 0i64;
     let mut log: VecDeque<String> = VecDeque::new();
+    // Successful RESERVE.GUARD INCRs per key: the counter's expected value.
+    let mut guarded = [0i64; KEYS.len()];
     let mut fresh = |t: i64, what: &str| {
         assert!(
             t > last_token,
@@ -485,6 +487,34 @@ fn shared_grants_follow_the_model() {
                                 "step {step}: {what}"
                             )
                         }
+                    }
+                }
+                6 if rng.gen_bool(0.5) => {
+                    // A fenced write: runs only for a current grant's token.
+                    let token = with_token(&model, &mut rng).unwrap_or(1);
+                    what = format!("GUARD {key} {name} {token}");
+                    let held = model.keys[k].find(h).is_some_and(|g| g.token == token);
+                    let counter = format!("count:{key}");
+                    let got = reply_int(
+                        command(&[
+                            "RESERVE.GUARD",
+                            key,
+                            &name,
+                            &token.to_string(),
+                            "INCR",
+                            &counter,
+                        ])
+                        .query(&mut clients[h].conn),
+                    );
+                    if held {
+                        guarded[k] += 1;
+                        assert_eq!(got, Ok(guarded[k]), "step {step}: {what}");
+                    } else {
+                        assert_eq!(
+                            got,
+                            Err("FENCED reservation not held by that holder and token".to_string()),
+                            "step {step}: {what}"
+                        );
                     }
                 }
                 6..=7 => {

@@ -298,6 +298,31 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
     })
 }
 
+/// Typed arguments of `RESERVE.GUARD key holder token command [arg ...]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GuardArgs<'a> {
+    pub key: &'a [u8],
+    pub holder: &'a [u8],
+    pub token: u64,
+    /// The command to run and its arguments (at least the name).
+    pub command: &'a [&'a [u8]],
+}
+
+pub fn parse_guard<'a>(argv: &'a [&'a [u8]]) -> Result<GuardArgs<'a>, ArgError> {
+    let [_, key, holder, token, command @ ..] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    if command.is_empty() {
+        return Err(ArgError::WrongArity);
+    }
+    Ok(GuardArgs {
+        key,
+        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
+        token: parse_token(token)?,
+        command,
+    })
+}
+
 /// Typed arguments of the internal `RESERVE.SETSTATE key holder token
 /// acquired_at_ms renewals expire_at_ms` used for replication and AOF.
 /// `expire_at_ms` 0 means "no expiry set by this command" (AOF rewrite,
@@ -363,6 +388,20 @@ mod tests {
         max_holder_len: 512,
         max_holders: 100_000,
     };
+
+    #[test]
+    fn guard_arguments() {
+        let argv: [&[u8]; 7] = [b"RESERVE.GUARD", b"k", b"h", b"42", b"SET", b"k", b"v"];
+        let g = parse_guard(&argv).unwrap();
+        assert_eq!((g.key, g.holder, g.token), (&b"k"[..], &b"h"[..], 42));
+        assert_eq!(g.command, &[&b"SET"[..], b"k", b"v"]);
+        let short: [&[u8]; 4] = [b"RESERVE.GUARD", b"k", b"h", b"42"];
+        assert_eq!(parse_guard(&short), Err(ArgError::WrongArity));
+        let bad: [&[u8]; 5] = [b"RESERVE.GUARD", b"k", b"h", b"0", b"GET"];
+        assert_eq!(parse_guard(&bad), Err(ArgError::Token));
+        let bad: [&[u8]; 5] = [b"RESERVE.GUARD", b"k", b"", b"1", b"GET"];
+        assert_eq!(parse_guard(&bad), Err(ArgError::Holder));
+    }
 
     #[test]
     fn lock_and_wait_options() {
@@ -639,6 +678,9 @@ mod tests {
             if let Ok(ask) = parse_ask(&argv, LIMITS.max_holders) {
                 prop_assert!(ask.permits >= 1);
                 prop_assert!(ask.limit.is_none_or(|n| ask.permits <= n && n <= LIMITS.max_holders));
+            }
+            if let Ok(g) = parse_guard(&argv) {
+                prop_assert!(!g.command.is_empty() && g.token >= 1);
             }
             if let Ok(a) = parse_set_state(&argv) {
                 prop_assert!(crate::engine::tokens::is_valid_token(a.token));

@@ -289,6 +289,19 @@ pub fn decide_owner(current: Current<'_>, holder: &[u8], token: Option<u64>) -> 
     }
 }
 
+/// Whether `holder` holds the key with a live grant whose token is
+/// `token` (RESERVE.GUARD's check). A shared grant's token guards too; an
+/// old library's plain string has no token, so it never does.
+pub fn holds_live(current: Current<'_>, holder: &[u8], token: u64, now_ms: i64) -> bool {
+    match current {
+        Current::Held(r) => r.is_held_by(holder, Some(token)),
+        Current::Grants(set) => set
+            .find(holder)
+            .is_some_and(|g| g.token == token && g.expires_at_ms > now_ms),
+        Current::Free | Current::Legacy(_) => false,
+    }
+}
+
 /// A renewed copy of `r` (renewal count + 1); the caller sets the expiry.
 pub fn renewed(r: ReservationRef<'_>) -> Reservation {
     Reservation::with_renewals(
@@ -381,6 +394,33 @@ mod tests {
             decide_owner(Current::Legacy(b"w1"), b"w2", None),
             OwnerDecision::NotOwner
         );
+    }
+
+    #[test]
+    fn only_a_live_grant_with_that_token_guards() {
+        use crate::engine::grants::{Grant, GrantSet, Mode};
+        let r = Reservation::new(b"w1", 42, NOW);
+        assert!(holds_live(Current::Held(r.view()), b"w1", 42, NOW));
+        assert!(!holds_live(Current::Held(r.view()), b"w1", 41, NOW));
+        assert!(!holds_live(Current::Held(r.view()), b"w2", 42, NOW));
+        assert!(!holds_live(Current::Legacy(b"w1"), b"w1", 42, NOW));
+        assert!(!holds_live(Current::Free, b"w1", 42, NOW));
+        let mut set = GrantSet::new(0);
+        set.insert(Grant {
+            holder: b"r"[..].into(),
+            token: 7,
+            acquired_at_ms: NOW,
+            expires_at_ms: NOW + 10,
+            renewals: 0,
+            mode: Mode::Shared,
+            permits: 1,
+        });
+        assert!(holds_live(Current::Grants(&set), b"r", 7, NOW + 9));
+        assert!(
+            !holds_live(Current::Grants(&set), b"r", 7, NOW + 10),
+            "expired"
+        );
+        assert!(!holds_live(Current::Grants(&set), b"r", 8, NOW));
     }
 
     #[test]

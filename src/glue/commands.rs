@@ -27,7 +27,7 @@ use crate::glue::ffi::{
 use crate::glue::granting::{self, grant, replicate_state};
 use crate::glue::notify::{notify, Event};
 use crate::glue::state::{
-    bump, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED,
+    bump, is_replica, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED,
 };
 use crate::glue::store::{KeyKind, OpenKey};
 
@@ -95,7 +95,7 @@ pub fn run(ctx: Ctx, argv: *mut RString, argc: c_int, handler: Handler) -> c_int
 }
 
 /// What the key holds, or WRONGTYPE for any other kind of value.
-fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
+pub fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
     Ok(match key.kind() {
         KeyKind::Empty => Current::Free,
         // SAFETY: the value lives as long as the key stays open and is
@@ -110,11 +110,10 @@ fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
 }
 
 /// Replicas never grant, renew or release on their own (only what their
-/// master propagates), even with `replica-read-only no`.
-fn refuse_on_replica(ctx: Ctx) -> Result<(), Failure> {
-    let flags = context_flags(ctx);
-    let from_master = raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING;
-    if flags & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0 && flags & from_master == 0 {
+/// master propagates, which is never these commands but their effects),
+/// even with `replica-read-only no`.
+fn refuse_on_replica() -> Result<(), Failure> {
+    if is_replica() {
         return Err(errors::READONLY.into());
     }
     Ok(())
@@ -148,14 +147,17 @@ struct Request<'a> {
     ttl_ms: u64,
     ask: Ask,
     on_held: OnHeld,
+    /// `reservation.max-holder-len` when the command was parsed.
+    max_holder_len: usize,
 }
 
 /// `RESERVE.LOCK key holder ttl [SHARED] [LIMIT n] [PERMITS k]`: token,
 /// the same token on re-acquire, or 0 when it does not fit. O(1) for a
 /// mutex; O(grants) on a key with shared grants.
 pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
-    let a = args::parse_lock(argv, config::limits())?;
-    refuse_on_replica(ctx)?;
+    let limits = config::limits();
+    let a = args::parse_lock(argv, limits)?;
+    refuse_on_replica()?;
     acquire(
         ctx,
         Request {
@@ -165,6 +167,7 @@ pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
             ttl_ms: a.ttl_ms,
             ask: a.ask,
             on_held: OnHeld::Answer0,
+            max_holder_len: limits.max_holder_len,
         },
     )
 }
@@ -173,8 +176,9 @@ pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
 /// acquire now; otherwise blocks in the key's FIFO queue. Inside MULTI,
 /// scripts and functions it behaves exactly like LOCK.
 pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
-    let a = args::parse_wait(argv, config::limits())?;
-    refuse_on_replica(ctx)?;
+    let limits = config::limits();
+    let a = args::parse_wait(argv, limits)?;
+    refuse_on_replica()?;
     let may_block = context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING == 0;
     let on_held = if may_block {
         OnHeld::Block {
@@ -192,6 +196,7 @@ pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
             ttl_ms: a.ttl_ms,
             ask: a.ask,
             on_held,
+            max_holder_len: limits.max_holder_len,
         },
     )
 }
@@ -207,10 +212,7 @@ fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
     let mut st = module_state()?;
     let queued = waiters_on(ctx, &st, req.key);
     let decision = decide_lock(cur, req.holder, queued.is_some());
-    check_new_holder(
-        req.holder,
-        matches!(decision, LockDecision::Reacquire { .. }),
-    )?;
+    check_new_holder(&req, matches!(decision, LockDecision::Reacquire { .. }))?;
     match decision {
         LockDecision::Grant => {
             let token = granting::new_token(ctx, now)?;
@@ -246,8 +248,8 @@ fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
 
 /// The setting bounds new holders only: one accepted before it was
 /// lowered still re-acquires.
-fn check_new_holder(holder: &[u8], reacquire: bool) -> Result<(), Failure> {
-    if !reacquire && holder.len() > config::limits().max_holder_len {
+fn check_new_holder(req: &Request<'_>, reacquire: bool) -> Result<(), Failure> {
+    if !reacquire && req.holder.len() > req.max_holder_len {
         return Err(errors::INVALID_HOLDER.into());
     }
     Ok(())
@@ -317,7 +319,7 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
             decision,
             Acquire::Reacquire { .. } | Acquire::Change | Acquire::ChangeRefused
         );
-        if let Err(e) = check_new_holder(req.holder, reacquire) {
+        if let Err(e) = check_new_holder(&req, reacquire) {
             if dirty {
                 blocking::settle_and_admit(ctx, &mut st, key, &qk, now);
             }
@@ -404,7 +406,7 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
 /// its token is `t`): expiry := now + ttl, renewals += 1; else 0. O(1).
 pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_renew(argv, config::limits())?;
-    refuse_on_replica(ctx)?;
+    refuse_on_replica()?;
     let key = OpenKey::write(ctx, raw_args[1]);
     let now = now_ms();
     let expire_at = now.saturating_add(a.ttl_ms as i64);
@@ -487,35 +489,39 @@ fn renew_grant(
 /// step; else 0 and nothing changes. O(1) whatever the queue length.
 pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
     let a = args::parse_release(argv)?;
-    refuse_on_replica(ctx)?;
+    refuse_on_replica()?;
     let key = OpenKey::write(ctx, raw_args[1]);
-    let now = now_ms();
     let cur = current(&key)?;
-    if let Current::Legacy(_) = cur {
-        // An old library's lock: only its holder, never with a token.
-        if decide_owner(cur, a.holder, a.token) == OwnerDecision::NotOwner {
-            bump(&STATS.release_failures);
-            reply_integer(ctx, 0);
-            return Ok(());
-        }
-        key.delete();
-        bump(&STATS.releases);
-        notify(ctx, Event::Release, raw_args[1]);
+    if let Current::Grants(_) = cur {
         let mut st = module_state()?;
         let qk = queue_key(ctx, a.key);
-        if st.waiters.len(&qk) == 0 || blocking::admit_waiters(ctx, &mut st, &key, &qk, now) == 0 {
-            ffi::replicate(ctx, c"DEL", &[a.key]);
+        let released =
+            blocking::release_grant(ctx, &mut st, &key, &qk, a.holder, a.token, now_ms());
+        if !released {
+            bump(&STATS.release_failures);
         }
-        reply_integer(ctx, 1);
+        reply_integer(ctx, i64::from(released));
         return Ok(());
     }
-    let mut st = module_state()?;
-    let qk = queue_key(ctx, a.key);
-    let released = blocking::release_grant(ctx, &mut st, &key, &qk, a.holder, a.token, now);
-    if !released {
+    // A mutex, or an old library's lock (only its holder, never with a
+    // token): the first release's path.
+    if decide_owner(cur, a.holder, a.token) == OwnerDecision::NotOwner {
         bump(&STATS.release_failures);
+        reply_integer(ctx, 0);
+        return Ok(());
     }
-    reply_integer(ctx, i64::from(released));
+    key.delete();
+    bump(&STATS.releases);
+    notify(ctx, Event::Release, raw_args[1]);
+    let mut st = module_state()?;
+    let granted = match waiters_on(ctx, &st, a.key) {
+        Some(qk) => blocking::admit_waiters(ctx, &mut st, &key, &qk, now_ms()),
+        None => 0,
+    };
+    if granted == 0 {
+        ffi::replicate(ctx, c"DEL", &[a.key]);
+    }
+    reply_integer(ctx, 1);
     Ok(())
 }
 

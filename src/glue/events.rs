@@ -13,8 +13,8 @@ use redis_module::raw;
 use crate::glue::blocking::{schedule_check, schedule_check_all};
 use crate::glue::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RString};
 use crate::glue::notify::{notify, Event};
-use crate::glue::state::note_disconnecting;
 use crate::glue::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
+use crate::glue::state::{note_disconnecting, set_replica};
 use crate::glue::unlinks::{take_unlinked, unlink_pending};
 
 /// The classes through which a key can go away or change its expiry: DEL,
@@ -87,7 +87,9 @@ extern "C" fn on_loading(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _data: *
 }
 
 extern "C" fn on_role_change(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
-    if sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+    let now_master = sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER;
+    set_replica(!now_master);
+    if now_master {
         schedule_check_all(ctx, None);
     }
 }

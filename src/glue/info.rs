@@ -9,7 +9,7 @@ use crate::glue::datatype::{live_grants, live_reservations};
 use crate::glue::ffi::rm;
 use crate::glue::state::{last_token, Stats, STATS, WAITERS_QUEUED};
 
-fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 12] {
+fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 14] {
     [
         ("grants", &s.grants),
         ("reacquires", &s.reacquires),
@@ -23,6 +23,8 @@ fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 12] {
         ("wait_timeouts", &s.wait_timeouts),
         ("waits_blocked", &s.waits_blocked),
         ("wrongtype_waiters", &s.wrongtype_waiters),
+        ("guard_runs", &s.guard_runs),
+        ("guard_fenced", &s.guard_fenced),
     ]
 }
 

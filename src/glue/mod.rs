@@ -15,7 +15,8 @@
 //! - `blocking`: RESERVE.WAIT's blocked clients, admission of waiters, timers;
 //! - `cluster`: slot ownership for waiters of a moved key;
 //! - `events`: keyspace and server events that free keys;
-//! - `commands`: the RESERVE.* handlers; `registration`: what OnLoad sets up.
+//! - `commands`: the RESERVE.* handlers; `guard`: RESERVE.GUARD, a command
+//!   run only for the holder of a token; `registration`: what OnLoad sets up.
 
 pub mod blocking;
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod datatype;
 pub mod events;
 pub mod ffi;
 pub mod granting;
+pub mod guard;
 pub mod info;
 pub mod notify;
 pub mod registration;

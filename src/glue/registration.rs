@@ -27,6 +27,7 @@ struct ArgDoc {
     kind: raw::RedisModuleCommandArgType,
     token: Option<&'static CStr>,
     optional: bool,
+    multiple: bool,
 }
 
 const fn key_arg(name: &'static CStr) -> ArgDoc {
@@ -35,6 +36,7 @@ const fn key_arg(name: &'static CStr) -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
         token: None,
         optional: false,
+        multiple: false,
     }
 }
 const fn string_arg(name: &'static CStr) -> ArgDoc {
@@ -43,6 +45,7 @@ const fn string_arg(name: &'static CStr) -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
         token: None,
         optional: false,
+        multiple: false,
     }
 }
 const fn double_arg(name: &'static CStr) -> ArgDoc {
@@ -51,6 +54,7 @@ const fn double_arg(name: &'static CStr) -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_DOUBLE,
         token: None,
         optional: false,
+        multiple: false,
     }
 }
 const fn integer_arg(name: &'static CStr) -> ArgDoc {
@@ -59,6 +63,7 @@ const fn integer_arg(name: &'static CStr) -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
         token: None,
         optional: false,
+        multiple: false,
     }
 }
 const fn token_option() -> ArgDoc {
@@ -67,6 +72,7 @@ const fn token_option() -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
         token: Some(c"TOKEN"),
         optional: true,
+        multiple: false,
     }
 }
 
@@ -77,6 +83,7 @@ const fn shared_option() -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN,
         token: Some(c"SHARED"),
         optional: true,
+        multiple: false,
     }
 }
 const fn count_option(name: &'static CStr, token: &'static CStr) -> ArgDoc {
@@ -85,6 +92,18 @@ const fn count_option(name: &'static CStr, token: &'static CStr) -> ArgDoc {
         kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
         token: Some(token),
         optional: true,
+        multiple: false,
+    }
+}
+
+/// `arg [arg ...]`: any number of strings, none included.
+const fn rest_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
+        token: None,
+        optional: true,
+        multiple: true,
     }
 }
 
@@ -173,6 +192,24 @@ static COMMANDS: &[CommandSpec] = &[
         args: &[key_arg(c"key")],
     },
     CommandSpec {
+        name: c"RESERVE.GUARD",
+        handler: crate::glue::guard::guard_command,
+        flags: c"write deny-oom getkeys-api",
+        arity: -5,
+        // The inner command's keys come from the getkeys API (variable
+        // flags make Redis ask for them instead of trusting this spec).
+        key_flags: RW_KEY | raw::REDISMODULE_CMD_KEY_VARIABLE_FLAGS,
+        summary: c"Runs a command only if the holder holds the key with a live grant of that fencing token, in the same atomic step; replies exactly the command's reply, or a FENCED error without running it.",
+        complexity: c"O(1) for the check, plus the command's own complexity",
+        args: &[
+            key_arg(c"key"),
+            string_arg(c"holder"),
+            integer_arg(c"token"),
+            string_arg(c"command"),
+            rest_arg(c"arg"),
+        ],
+    },
+    CommandSpec {
         name: c"RESERVE.SETSTATE",
         handler: commands::set_state_command,
         flags: c"write",
@@ -223,7 +260,22 @@ fn check_api() -> Result<(), String> {
         }};
     }
     require!(
+        RedisModule_ACLCheckCommandPermissions,
         RedisModule_BlockClient,
+        RedisModule_Call,
+        RedisModule_CallReplyArrayElement,
+        RedisModule_CallReplyLength,
+        RedisModule_CallReplyStringPtr,
+        RedisModule_CallReplyType,
+        RedisModule_Free,
+        RedisModule_FreeCallReply,
+        RedisModule_FreeModuleUser,
+        RedisModule_GetCurrentUserName,
+        RedisModule_GetModuleUserFromUserName,
+        RedisModule_GetCommandKeys,
+        RedisModule_IsKeysPositionRequest,
+        RedisModule_KeyAtPos,
+        RedisModule_ReplyWithCallReply,
         RedisModule_CloseKey,
         RedisModule_CreateCommand,
         RedisModule_CreateString,
@@ -346,6 +398,10 @@ fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
                 raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
             } else {
                 0
+            } | if a.multiple {
+                raw::REDISMODULE_CMD_ARG_MULTIPLE as c_int
+            } else {
+                0
             };
             arg
         })
@@ -396,6 +452,7 @@ pub fn load(ctx: Ctx, module_args: &[RedisString]) -> Result<(), String> {
     for spec in COMMANDS {
         register_command(ctx, spec)?;
     }
+    crate::glue::state::set_replica(!crate::glue::ffi::is_master(ctx));
     events::subscribe(ctx)?;
     // Keys Redis drops without a notification still get their waiters
     // checked (the data type reports them; blocking knows what to do).

@@ -11,7 +11,7 @@
 //! background thread (`FLUSHALL ASYNC`) and `aux_save` in a fork child.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use redis_module::raw;
@@ -61,6 +61,8 @@ pub struct Stats {
     pub wait_timeouts: AtomicU64,
     pub waits_blocked: AtomicU64,
     pub wrongtype_waiters: AtomicU64,
+    pub guard_runs: AtomicU64,
+    pub guard_fenced: AtomicU64,
 }
 
 pub static STATS: LazyLock<Stats> = LazyLock::new(Stats::default);
@@ -173,6 +175,19 @@ pub fn state() -> Option<MutexGuard<'static, ModuleState>> {
 }
 
 // ----- hooks and notes between callbacks -----
+
+/// This server is a replica: set at load and on every role change, so the
+/// write commands can refuse at the cost of one load (asking Redis for the
+/// context flags costs more than the rest of a LOCK's own code).
+static IS_REPLICA: AtomicBool = AtomicBool::new(false);
+
+pub fn set_replica(replica: bool) {
+    IS_REPLICA.store(replica, Ordering::Relaxed);
+}
+
+pub fn is_replica() -> bool {
+    IS_REPLICA.load(Ordering::Relaxed)
+}
 
 /// The client Redis is freeing right now: it fires the client-change event
 /// just before unblocking the client, so the disconnect callback can tell a
