@@ -25,24 +25,15 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
-use testkit::cmd::{int, q, Reply};
-use testkit::dump::forge_token;
+use testkit::cmd::{int, lock, ok, q, text, Reply};
+use testkit::dump::{dump, forge_token};
+use testkit::info::{field, int_field, parse, queue_of, snapshot, Snapshot};
 use testkit::redis::{self, Connection, Value};
 use testkit::{reservation_info, wait_until, Cluster, Server, DEADLINE};
 
 const SLOTS: usize = 16384;
 
 // ----- helpers -----
-
-fn ok(c: &mut Connection, args: &[&str]) {
-    assert_eq!(q(c, args), Reply::Status("OK".into()), "{args:?}");
-}
-
-fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
-    let t = int(c, &["RESERVE.LOCK", key, holder, ttl]);
-    assert!(t >= 1, "LOCK {key} by {holder} was not granted");
-    t as u64
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -91,68 +82,6 @@ fn key_for_every_slot(prefix: &str) -> Vec<String> {
     keys.into_iter()
         .map(|k| k.expect("ten million names cover every slot"))
         .collect()
-}
-
-/// Holder, token, acquired-at, renewals and absolute expiry of a key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Snapshot {
-    holder: String,
-    token: u64,
-    acquired_at_ms: i64,
-    renewals: i64,
-    expire_at_ms: i64,
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        other => panic!("expected a string, got {other:?}"),
-    }
-}
-
-fn parse_info(v: &Value) -> Option<HashMap<String, Value>> {
-    match v {
-        Value::Nil => None,
-        Value::Array(items) => Some(
-            items
-                .chunks(2)
-                .map(|p| (text(&p[0]), p[1].clone()))
-                .collect(),
-        ),
-        other => panic!("RESERVE.INFO answered {other:?}"),
-    }
-}
-
-fn num(fields: &HashMap<String, Value>, name: &str) -> i64 {
-    match fields.get(name) {
-        Some(Value::Int(n)) => *n,
-        other => panic!("{name}: {other:?} in {fields:?}"),
-    }
-}
-
-/// RESERVE.INFO and PEXPIRETIME in one MULTI on a node that serves `key`.
-fn snapshot(c: &mut Connection, key: &str) -> Option<Snapshot> {
-    let replies: Vec<Value> = redis::pipe()
-        .atomic()
-        .cmd("RESERVE.INFO")
-        .arg(key)
-        .cmd("PEXPIRETIME")
-        .arg(key)
-        .query(c)
-        .unwrap_or_else(|e| panic!("snapshot of {key}: {e}"));
-    let fields = parse_info(&replies[0])?;
-    let expire_at_ms = match replies[1] {
-        Value::Int(n) => n,
-        ref other => panic!("PEXPIRETIME: {other:?}"),
-    };
-    Some(Snapshot {
-        holder: text(&fields["holder"]),
-        token: num(&fields, "token") as u64,
-        acquired_at_ms: num(&fields, "acquired_at_ms"),
-        renewals: num(&fields, "renewals"),
-        expire_at_ms,
-    })
 }
 
 fn cluster_conn(cluster: &Cluster) -> ClusterConnection {
@@ -325,17 +254,6 @@ fn spawn_waiter(node: &Server, args: &[&str]) -> mpsc::Receiver<Reply> {
     rx
 }
 
-fn queue_of(c: &mut Connection, key: &str) -> Vec<String> {
-    let v: Value = redis::cmd("RESERVE.INFO")
-        .arg(key)
-        .query(c)
-        .expect("RESERVE.INFO");
-    match parse_info(&v).and_then(|f| f.get("queue").cloned()) {
-        Some(Value::Array(q)) => q.iter().map(text).collect(),
-        _ => Vec::new(),
-    }
-}
-
 // ----- every slot -----
 
 /// A reservation in each of the 16384 slots through the cluster client,
@@ -384,10 +302,11 @@ fn every_slot_takes_a_reservation_through_a_cluster_client_and_redis_cli() {
     for slot in (0..SLOTS).step_by(331) {
         let key = &keys[slot];
         let owner = cluster.node_index_for(key);
-        let snap = snapshot(&mut cluster.nodes[owner].conn(), key).expect("held on its owner");
+        let snap =
+            snapshot(&mut cluster.nodes[owner].conn(), key.as_bytes()).expect("held on its owner");
         assert_eq!(
-            (snap.holder.as_str(), snap.token),
-            ("cc", tokens[slot] as u64)
+            (snap.holder.as_slice(), snap.token),
+            (&b"cc"[..], tokens[slot])
         );
         for (i, node) in cluster.nodes.iter().enumerate() {
             if i != owner {
@@ -458,9 +377,9 @@ fn every_slot_takes_a_reservation_through_a_cluster_client_and_redis_cli() {
         }
         let replies: Vec<Value> = pipe.query(&mut cc).expect("cluster pipeline of INFOs");
         for ((key, t), v) in chunk.iter().zip(toks).zip(replies) {
-            let f = parse_info(&v).unwrap_or_else(|| panic!("{key} not held"));
+            let f = parse(&v).unwrap_or_else(|| panic!("{key} not held"));
             assert_eq!(
-                (text(&f["holder"]), num(&f, "token") as u64),
+                (text(field(&f, "holder")), int_field(&f, "token") as u64),
                 ("cli".to_string(), *t),
                 "{key}"
             );
@@ -512,10 +431,7 @@ fn slot_migration_keeps_holder_token_and_expiry() {
     let ahead_key = format!("{{{tag}}}:ahead");
     let t = lock(&mut ac, &ahead_key, "ahead", "600");
     let ahead = t + (1 << 40);
-    let payload: Vec<u8> = redis::cmd("DUMP")
-        .arg(&ahead_key)
-        .query(&mut ac)
-        .expect("DUMP");
+    let payload = dump(&mut ac, &ahead_key);
     let forged = forge_token(&payload, t, ahead);
     let restored = redis::cmd("RESTORE")
         .arg(&ahead_key)
@@ -535,7 +451,7 @@ fn slot_migration_keeps_holder_token_and_expiry() {
     all.push(last.clone());
     let before: Vec<Snapshot> = all
         .iter()
-        .map(|k| snapshot(&mut ac, k).expect("held on A"))
+        .map(|k| snapshot(&mut ac, k.as_bytes()).expect("held on A"))
         .collect();
     let in_slot: BTreeSet<String> = redis::cmd("CLUSTER")
         .arg("GETKEYSINSLOT")
@@ -552,7 +468,7 @@ fn slot_migration_keeps_holder_token_and_expiry() {
     // expiry may move later by at most the time the MIGRATE took.
     let mut bc = cluster.nodes[b].conn();
     for (key, was) in all.iter().zip(&before) {
-        let now = snapshot(&mut bc, key).unwrap_or_else(|| panic!("{key} missing on B"));
+        let now = snapshot(&mut bc, key.as_bytes()).unwrap_or_else(|| panic!("{key} missing on B"));
         assert_eq!(
             (&now.holder, now.token, now.acquired_at_ms, now.renewals),
             (&was.holder, was.token, was.acquired_at_ms, was.renewals),
@@ -607,36 +523,70 @@ fn slot_migration_keeps_holder_token_and_expiry() {
         .arg(60)
         .query(&mut cc)
         .expect("LOCK through the cluster client");
-    let max_before = before.iter().map(|s| s.token).max().expect("tokens");
+    let max_before = before.iter().map(|s| s.token as u64).max().expect("tokens");
     assert!(
         next > max_before,
         "B's next token for {} is {next}, not above the migrated {max_before}",
         keys[0]
     );
     assert_eq!(
-        snapshot(&mut bc, &keys[0]).map(|s| (s.holder, s.token)),
-        Some(("next".to_string(), next))
+        snapshot(&mut bc, keys[0].as_bytes()).map(|s| (s.holder, s.token as u64)),
+        Some((b"next".to_vec(), next))
     );
 }
 
 // ----- waiters on a slot that leaves -----
+
+/// A 3-master cluster where `h1` holds `{tag}:job` (the tag from `name`,
+/// its slot on node 0, "A") and `h2` waits for it on A, queued; `before`
+/// is A's `INFO reservation` at that moment.
+struct WaiterOnA {
+    cluster: Cluster,
+    slot: usize,
+    key: String,
+    ac: Connection,
+    token: u64,
+    waiter: mpsc::Receiver<Reply>,
+    before: HashMap<String, u64>,
+}
+
+fn waiter_on_a(name: &str) -> WaiterOnA {
+    let cluster = Cluster::start(3);
+    let (tag, slot) = tag_on(&cluster, 0, name);
+    let key = format!("{{{tag}}}:job");
+    let mut ac = cluster.nodes[0].conn();
+    let token = lock(&mut ac, &key, "h1", "60");
+    let waiter = spawn_waiter(&cluster.nodes[0], &["RESERVE.WAIT", &key, "h2", "60", "0"]);
+    wait_until(DEADLINE, "h2 queued on A", || {
+        queue_of(&mut ac, &key) == ["h2"]
+    });
+    let before = reservation_info(&mut ac);
+    WaiterOnA {
+        cluster,
+        slot,
+        key,
+        ac,
+        token,
+        waiter,
+        before,
+    }
+}
 
 /// A waiter blocked on A for a key whose slot is migrated to B (the key
 /// leaves with MIGRATE) is redirected to B, not granted on A; the key is
 /// gone from A and held on B by its holder.
 #[test]
 fn a_waiter_on_a_migrated_key_is_redirected_not_granted() {
-    let cluster = Cluster::start(3);
+    let WaiterOnA {
+        cluster,
+        slot,
+        key,
+        mut ac,
+        token,
+        waiter,
+        before,
+    } = waiter_on_a("wm");
     let (a, b) = (0, 1);
-    let (tag, slot) = tag_on(&cluster, a, "wm");
-    let key = format!("{{{tag}}}:job");
-    let mut ac = cluster.nodes[a].conn();
-    let token = lock(&mut ac, &key, "h1", "60");
-    let waiter = spawn_waiter(&cluster.nodes[a], &["RESERVE.WAIT", &key, "h2", "60", "0"]);
-    wait_until(DEADLINE, "h2 queued on A", || {
-        queue_of(&mut ac, &key) == ["h2"]
-    });
-    let before = reservation_info(&mut ac);
 
     migrate_slot(&cluster, slot, a, b);
 
@@ -662,8 +612,11 @@ fn a_waiter_on_a_migrated_key_is_redirected_not_granted() {
         0
     );
     let mut bc = cluster.nodes[b].conn();
-    let on_b = snapshot(&mut bc, &key).expect("the key on B");
-    assert_eq!((on_b.holder.as_str(), on_b.token), ("h1", token));
+    let on_b = snapshot(&mut bc, key.as_bytes()).expect("the key on B");
+    assert_eq!(
+        (on_b.holder.as_slice(), on_b.token as u64),
+        (&b"h1"[..], token)
+    );
     assert_eq!(queue_of(&mut bc, &key), Vec::<String>::new());
     // Following the redirect, h2 queues behind h1 on B.
     assert_eq!(
@@ -677,17 +630,16 @@ fn a_waiter_on_a_migrated_key_is_redirected_not_granted() {
 /// B: Redis answers `ASK` for that missing key on A, so does the waiter.
 #[test]
 fn a_waiter_for_a_key_deleted_while_its_slot_migrates_is_asked_to_the_target() {
-    let cluster = Cluster::start(3);
+    let WaiterOnA {
+        cluster,
+        slot,
+        key,
+        mut ac,
+        waiter,
+        before,
+        ..
+    } = waiter_on_a("wd");
     let (a, b) = (0, 1);
-    let (tag, slot) = tag_on(&cluster, a, "wd");
-    let key = format!("{{{tag}}}:job");
-    let mut ac = cluster.nodes[a].conn();
-    lock(&mut ac, &key, "h1", "60");
-    let waiter = spawn_waiter(&cluster.nodes[a], &["RESERVE.WAIT", &key, "h2", "60", "0"]);
-    wait_until(DEADLINE, "h2 queued on A", || {
-        queue_of(&mut ac, &key) == ["h2"]
-    });
-    let before = reservation_info(&mut ac);
     let slot_s = slot.to_string();
     ok(
         &mut cluster.nodes[b].conn(),
@@ -734,17 +686,16 @@ fn a_waiter_for_a_key_deleted_while_its_slot_migrates_is_asked_to_the_target() {
 /// that slot; the waiter must be told `MOVED` to B, not left blocked.
 #[test]
 fn a_waiter_whose_slot_is_taken_over_is_moved_to_the_new_owner() {
-    let cluster = Cluster::start(3);
-    let (a, b) = (0, 1);
-    let (tag, slot) = tag_on(&cluster, a, "wt");
-    let key = format!("{{{tag}}}:job");
-    let mut ac = cluster.nodes[a].conn();
-    lock(&mut ac, &key, "h1", "60");
-    let waiter = spawn_waiter(&cluster.nodes[a], &["RESERVE.WAIT", &key, "h2", "60", "0"]);
-    wait_until(DEADLINE, "h2 queued on A", || {
-        queue_of(&mut ac, &key) == ["h2"]
-    });
-    let before = reservation_info(&mut ac);
+    let WaiterOnA {
+        cluster,
+        slot,
+        key,
+        mut ac,
+        waiter,
+        before,
+        ..
+    } = waiter_on_a("wt");
+    let b = 1;
     let slot_s = slot.to_string();
     let mut bc = cluster.nodes[b].conn();
     ok(

@@ -9,58 +9,18 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use testkit::cmd::{call, call_str, err, int};
+use testkit::cmd::{as_int, call, call_str, err, int, pexpiretime, pttl, server_time_ms, text};
+use testkit::info::{field, info, int_field, parse, FIELDS, GRANT_FIELDS};
 use testkit::redis::{self, Connection, Value};
 use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
 
 // ----- helpers -----
 
+/// `RESERVE.LOCK`, granted or not: the token, or 0 when it is held by
+/// another (unlike `testkit::cmd::lock`, which must be granted).
 fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
     let t = int(c, &["RESERVE.LOCK", key, holder, ttl]);
     u64::try_from(t).expect("token is not negative")
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Okay => "OK".into(),
-        Value::Int(n) => n.to_string(),
-        other => panic!("not a string: {other:?}"),
-    }
-}
-
-fn as_int(v: &Value) -> i64 {
-    match v {
-        Value::Int(n) => *n,
-        other => panic!("not an integer: {other:?}"),
-    }
-}
-
-/// RESERVE.INFO over RESP2: `None` for nil, else the field/value pairs in
-/// the order the server sent them.
-fn info(c: &mut Connection, key: &[u8]) -> Option<Vec<(String, Value)>> {
-    match call(c, &[b"RESERVE.INFO", key]).expect("RESERVE.INFO") {
-        Value::Nil => None,
-        Value::Array(items) => {
-            assert_eq!(items.len() % 2, 0, "flat field/value pairs: {items:?}");
-            Some(
-                items
-                    .chunks(2)
-                    .map(|p| (text(&p[0]), p[1].clone()))
-                    .collect(),
-            )
-        }
-        other => panic!("RESERVE.INFO: unexpected reply {other:?}"),
-    }
-}
-
-fn field<'a>(fields: &'a [(String, Value)], name: &str) -> &'a Value {
-    &fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .unwrap_or_else(|| panic!("no field {name} in {fields:?}"))
-        .1
 }
 
 /// RESERVE.INFO without `ttl_ms` (which moves with the clock).
@@ -70,14 +30,6 @@ fn info_static(c: &mut Connection, key: &str) -> Vec<(String, Value)> {
         .into_iter()
         .filter(|(k, _)| k != "ttl_ms" && k != "holders")
         .collect()
-}
-
-fn pttl(c: &mut Connection, key: &str) -> i64 {
-    int(c, &["PTTL", key])
-}
-
-fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
-    int(c, &["PEXPIRETIME", key])
 }
 
 /// Runs `action` and checks that it set the key's absolute expiry to
@@ -102,7 +54,7 @@ fn assert_expiry_set_by(
 /// LOCK, RESERVE.INFO and PEXPIRETIME in one MULTI (nothing can expire in
 /// between): the granted TTL is exactly expiry - acquired_at_ms.
 fn granted_ttl_ms(c: &mut Connection, key: &str, ttl: &str) -> i64 {
-    let (token, fields, expire): (i64, Vec<Value>, i64) = redis::pipe()
+    let (token, fields, expire): (i64, Value, i64) = redis::pipe()
         .atomic()
         .cmd("RESERVE.LOCK")
         .arg(key)
@@ -115,22 +67,12 @@ fn granted_ttl_ms(c: &mut Connection, key: &str, ttl: &str) -> i64 {
         .query(c)
         .unwrap_or_else(|e| panic!("LOCK {key} w {ttl}: {}", error_text(&e)));
     assert!(token >= 1, "LOCK {key} w {ttl} not granted");
-    let acquired = fields
-        .chunks(2)
-        .find(|p| text(&p[0]) == "acquired_at_ms")
-        .map(|p| as_int(&p[1]))
-        .expect("acquired_at_ms");
-    expire - acquired
+    let fields = parse(&fields).expect("RESERVE.INFO after a granted LOCK");
+    expire - int_field(&fields, "acquired_at_ms")
 }
 
 fn exists(c: &mut Connection, key: &str) -> i64 {
     int(c, &["EXISTS", key])
-}
-
-/// The server's clock in unix milliseconds.
-fn server_time_ms(c: &mut Connection) -> i64 {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(c).expect("TIME");
-    secs * 1000 + micros / 1000
 }
 
 fn config_get(c: &mut Connection, name: &str) -> String {
@@ -425,22 +367,7 @@ fn info_resp2_is_a_flat_array_in_order() {
     let t1 = server_time_ms(&mut c);
     let expire = pexpiretime(&mut c, "job");
     let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "holder",
-            "token",
-            "ttl_ms",
-            "acquired_at_ms",
-            "renewals",
-            "mode",
-            "limit",
-            "permits_used",
-            "waiters",
-            "queue",
-            "holders"
-        ]
-    );
+    assert_eq!(names, FIELDS);
     assert_eq!(fields[0].1, Value::BulkString(b"w1".to_vec()));
     assert_eq!(fields[1].1, Value::Int(token as i64));
     // ttl_ms is the time left until the key's expiry when INFO ran.
@@ -468,18 +395,7 @@ fn info_resp2_is_a_flat_array_in_order() {
         panic!("one grant: {holders:?}")
     };
     let grant_names: Vec<String> = grant.iter().step_by(2).map(text).collect();
-    assert_eq!(
-        grant_names,
-        [
-            "holder",
-            "token",
-            "ttl_ms",
-            "acquired_at_ms",
-            "renewals",
-            "mode",
-            "permits"
-        ]
-    );
+    assert_eq!(grant_names, GRANT_FIELDS);
     assert_eq!(grant[1], fields[0].1);
     assert_eq!(grant[3], fields[1].1);
     assert_eq!(grant[9], Value::Int(1), "renewals");
@@ -506,22 +422,7 @@ fn info_resp3_is_a_map() {
     let map: HashMap<String, Value> = pairs.iter().map(|(k, v)| (text(k), v.clone())).collect();
     assert_eq!(map.len(), 11, "{map:?}");
     let keys: Vec<String> = pairs.iter().map(|(k, _)| text(k)).collect();
-    assert_eq!(
-        keys,
-        [
-            "holder",
-            "token",
-            "ttl_ms",
-            "acquired_at_ms",
-            "renewals",
-            "mode",
-            "limit",
-            "permits_used",
-            "waiters",
-            "queue",
-            "holders"
-        ]
-    );
+    assert_eq!(keys, FIELDS);
     assert_eq!(map["holder"], Value::BulkString(b"w1".to_vec()));
     assert_eq!(map["mode"], Value::BulkString(b"exclusive".to_vec()));
     let Value::Array(holders) = &map["holders"] else {

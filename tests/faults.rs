@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use testkit::cmd::{command, int, q, to_reply, Reply};
+use testkit::cmd::{command, int, q, text, to_reply, Reply};
 use testkit::redis::{self, Connection, Value};
 use testkit::{reservation_info, wait_until, Config, Server, DEADLINE};
 
@@ -79,14 +79,6 @@ fn now_ms() -> i64 {
 /// A ttl in milliseconds as the plain decimal seconds the commands take.
 fn secs(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        other => panic!("expected a string, got {other:?}"),
-    }
 }
 
 /// Holder and token from a RESP2 `RESERVE.INFO` reply (nil: none).

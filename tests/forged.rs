@@ -9,25 +9,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 
-use testkit::cmd::{call, call_str, err, int};
-use testkit::dump::{forge_rdb_token, forge_token, payload_with, Fields};
+use testkit::cmd::{call, call_str, err, int, lock};
+use testkit::dump::{dump, forge_rdb_token, forge_token, payload_with, Fields};
 use testkit::redis::{Connection, Value};
 use testkit::{reservation_info, wait_until, Config, Server, DEADLINE};
 
 const MAX_TOKEN: u64 = (1 << 53) - 1;
-
-fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
-    let t = int(c, &["RESERVE.LOCK", key, holder, ttl]);
-    assert!(t >= 1, "LOCK {key} {holder}: {t}");
-    t as u64
-}
-
-fn dump(c: &mut Connection, key: &str) -> Vec<u8> {
-    match call_str(c, &["DUMP", key]).unwrap() {
-        Value::BulkString(b) => b,
-        other => panic!("DUMP {key}: {other:?}"),
-    }
-}
 
 fn restore(c: &mut Connection, key: &str, payload: &[u8]) -> Result<Value, String> {
     call(c, &[b"RESTORE", key.as_bytes(), b"0", payload])

@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use testkit::cmd::server_time_ms;
 use testkit::redis::{self, Connection, ConnectionLike, Value};
 use testkit::{client_id, error_text, reservation_info, wait_until, Server, DEADLINE};
 
@@ -366,11 +367,6 @@ fn show(argv: &[Vec<u8>]) -> String {
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn server_time_ms(c: &mut Connection) -> i64 {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(c).expect("TIME");
-    secs * 1000 + micros / 1000
 }
 
 // ----- waiters -----

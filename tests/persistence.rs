@@ -6,106 +6,13 @@
 
 use std::collections::BTreeSet;
 
-use testkit::cmd::{call, call_str};
-use testkit::dump::{forge_token, payload_value, with_footer};
+use testkit::cmd::{call, int, lock, lock_bytes, ok};
+use testkit::dump::{dump, forge_token, payload_value, with_footer};
+use testkit::info::{snapshot, Snapshot};
 use testkit::redis::{self, Connection, Value};
-use testkit::{reservation_info, wait_until, Config, Server, DEADLINE};
+use testkit::{reservation_info, rewrite_aof, wait_until, Config, Server, DEADLINE};
 
 // ----- helpers -----
-
-fn int_b(c: &mut Connection, argv: &[&[u8]]) -> i64 {
-    match call(c, argv) {
-        Ok(Value::Int(n)) => n,
-        other => {
-            let shown: Vec<String> = argv
-                .iter()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            panic!("{shown:?}: expected an integer, got {other:?}")
-        }
-    }
-}
-
-fn int(c: &mut Connection, argv: &[&str]) -> i64 {
-    let bytes: Vec<&[u8]> = argv.iter().map(|a| a.as_bytes()).collect();
-    int_b(c, &bytes)
-}
-
-fn ok(c: &mut Connection, argv: &[&str]) {
-    match call_str(c, argv) {
-        Ok(Value::Okay) => {}
-        Ok(Value::SimpleString(_)) => {}
-        other => panic!("{argv:?}: expected OK, got {other:?}"),
-    }
-}
-
-fn lock_b(c: &mut Connection, key: &[u8], holder: &[u8], ttl: &str) -> u64 {
-    let t = int_b(c, &[b"RESERVE.LOCK", key, holder, ttl.as_bytes()]);
-    assert!(
-        t >= 1,
-        "LOCK {:?} was not granted",
-        String::from_utf8_lossy(key)
-    );
-    t as u64
-}
-
-fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
-    lock_b(c, key.as_bytes(), holder.as_bytes(), ttl)
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.clone().into_bytes(),
-        other => panic!("not a string: {other:?}"),
-    }
-}
-
-/// Everything a reservation is, with its absolute expiry: what must come
-/// back from disk exactly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
-    holder: Vec<u8>,
-    token: i64,
-    acquired_at_ms: i64,
-    renewals: i64,
-    expire_at_ms: i64,
-    kind: String,
-}
-
-fn snapshot(c: &mut Connection, key: &[u8]) -> Option<Snapshot> {
-    let reply = call(c, &[b"RESERVE.INFO", key]).expect("RESERVE.INFO");
-    let items = match reply {
-        Value::Nil => return None,
-        Value::Array(items) => items,
-        other => panic!("RESERVE.INFO: {other:?}"),
-    };
-    let get = |name: &str| -> &Value {
-        &items
-            .chunks(2)
-            .find(|p| bytes(&p[0]) == name.as_bytes())
-            .unwrap_or_else(|| panic!("no {name} in {items:?}"))[1]
-    };
-    let num = |name: &str| match get(name) {
-        Value::Int(n) => *n,
-        other => panic!("{name}: {other:?}"),
-    };
-    let holder = bytes(get("holder"));
-    let (token, acquired_at_ms, renewals) = (num("token"), num("acquired_at_ms"), num("renewals"));
-    let expire_at_ms = int_b(c, &[b"PEXPIRETIME", key]);
-    let kind = match call(c, &[b"TYPE", key]).unwrap() {
-        Value::SimpleString(s) => s,
-        other => panic!("TYPE: {other:?}"),
-    };
-    Some(Snapshot {
-        holder,
-        token,
-        acquired_at_ms,
-        renewals,
-        expire_at_ms,
-        kind,
-    })
-}
 
 fn snapshots(c: &mut Connection, keys: &[Vec<u8>]) -> Vec<(String, Option<Snapshot>)> {
     keys.iter()
@@ -125,13 +32,6 @@ fn dbsize(c: &mut Connection) -> i64 {
     int(c, &["DBSIZE"])
 }
 
-fn dump(c: &mut Connection, key: &str) -> Vec<u8> {
-    match call_str(c, &["DUMP", key]).unwrap() {
-        Value::BulkString(b) => b,
-        other => panic!("DUMP {key}: {other:?}"),
-    }
-}
-
 // ----- RDB -----
 
 #[test]
@@ -147,7 +47,7 @@ fn rdb_round_trip_keeps_every_field_and_the_absolute_expiry() {
     for _ in 0..3 {
         assert_eq!(int(&mut c, &["RESERVE.RENEW", "renewed", "w2", "120"]), 1);
     }
-    lock_b(&mut c, "ключ-ü".as_bytes(), &holder2, "90");
+    lock_bytes(&mut c, "ключ-ü".as_bytes(), &holder2, "90");
     lock(&mut c, "persisted", "w4", "60");
     assert_eq!(int(&mut c, &["PERSIST", "persisted"]), 1);
     ok(
@@ -291,7 +191,7 @@ fn aof_workload(c: &mut Connection, prefix: &str) -> (Vec<Vec<u8>>, u64) {
     take(lock(c, &k("f"), "w7", "60"));
     assert_eq!(int(c, &["DEL", &k("f")]), 1);
 
-    take(lock_b(c, k("g").as_bytes(), b"\xff\x00bin\xfe", "80"));
+    take(lock_bytes(c, k("g").as_bytes(), b"\xff\x00bin\xfe", "80"));
 
     take(lock(c, &k("p"), "w9", "60"));
     assert_eq!(int(c, &["PERSIST", &k("p")]), 1);
@@ -321,16 +221,6 @@ fn aof_workload(c: &mut Connection, prefix: &str) -> (Vec<Vec<u8>>, u64) {
     .map(|n| k(n).into_bytes())
     .collect();
     (keys, top)
-}
-
-fn wait_for_rewrite(c: &mut Connection) {
-    wait_until(DEADLINE, "the AOF rewrite to finish", || {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query(c)
-            .expect("INFO persistence");
-        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
-    });
 }
 
 fn check_aof_replay(preamble: &str) {
@@ -378,8 +268,7 @@ fn check_aof_replay(preamble: &str) {
     assert_eq!(int(&mut c, &["RESERVE.RELEASE", "probe1", "w"]), 1);
 
     // Rewrite the AOF, add more on top of the rewritten base, crash again.
-    let _: Value = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
-    wait_for_rewrite(&mut c);
+    rewrite_aof(&mut c);
     let (more, top2) = aof_workload(&mut c, "two:");
     keys.extend(more);
     let before = snapshots(&mut c, &keys);
@@ -395,8 +284,7 @@ fn check_aof_replay(preamble: &str) {
     assert_eq!(dbsize(&mut c), size);
 
     // Rewrite with nothing after it: the rewritten base alone rebuilds all.
-    let _: Value = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
-    wait_for_rewrite(&mut c);
+    rewrite_aof(&mut c);
     server.kill9();
     server.restart();
     let mut c = server.conn();
@@ -578,7 +466,7 @@ fn digest_value_is_stable_across_save_and_restart() {
     let mut c = server.conn();
     lock(&mut c, "a", "w1", "60");
     assert_eq!(int(&mut c, &["RESERVE.RENEW", "a", "w1", "60"]), 1);
-    lock_b(&mut c, b"b", b"\xff\x00holder", "60");
+    lock_bytes(&mut c, b"b", b"\xff\x00holder", "60");
     let digests = |c: &mut Connection| -> (Vec<String>, String) {
         let per_key: Vec<String> = redis::cmd("DEBUG")
             .arg("DIGEST-VALUE")
@@ -769,8 +657,7 @@ fn check_last_token_survives_aof_rewrite(preamble: &str) {
     assert_eq!(int(&mut c, &["RESERVE.RELEASE", "k", "w"]), 1);
     assert_eq!(int(&mut c, &["RESERVE.RELEASE", "k2", "w"]), 1);
     assert_eq!(int(&mut c, &["DEL", "forged"]), 1);
-    let _: Value = redis::cmd("BGREWRITEAOF").query(&mut c).unwrap();
-    wait_for_rewrite(&mut c);
+    rewrite_aof(&mut c);
     server.kill9();
     server.restart();
     let mut c = server.conn();

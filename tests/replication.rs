@@ -5,77 +5,13 @@
 use std::collections::BTreeSet;
 use std::thread;
 
-use testkit::cmd::{bytes, call, call_str, err, int};
-use testkit::dump::forge_token;
+use testkit::cmd::{call, call_str, err, int, lock, ok};
+use testkit::dump::{dump, forge_token};
+use testkit::info::{info, int_field, snapshot, Snapshot};
 use testkit::redis::{self, Connection, Value};
-use testkit::{error_text, reservation_info, wait_until, Config, Server, DEADLINE};
+use testkit::{error_text, reservation_info, sync_replica, wait_until, Config, Server, DEADLINE};
 
 // ----- helpers -----
-
-/// A master that starts the replica's initial sync at once (Redis 7.0
-/// waits 5 s for more replicas to join a diskless sync by default).
-fn start_master() -> Server {
-    Server::with(Config::default().arg("repl-diskless-sync-delay", "0"))
-}
-
-fn ok(c: &mut Connection, argv: &[&str]) {
-    match call_str(c, argv) {
-        Ok(Value::Okay) | Ok(Value::SimpleString(_)) => {}
-        other => panic!("{argv:?}: expected OK, got {other:?}"),
-    }
-}
-
-fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
-    let t = int(c, &["RESERVE.LOCK", key, holder, ttl]);
-    assert!(t >= 1, "LOCK {key} by {holder} was not granted");
-    t as u64
-}
-
-/// Holder, token, acquired-at, renewals, absolute expiry and type of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
-    holder: Vec<u8>,
-    token: i64,
-    acquired_at_ms: i64,
-    renewals: i64,
-    expire_at_ms: i64,
-    kind: String,
-}
-
-fn snapshot(c: &mut Connection, key: &[u8]) -> Option<Snapshot> {
-    let items = match call(c, &[b"RESERVE.INFO", key]).expect("RESERVE.INFO") {
-        Value::Nil => return None,
-        Value::Array(items) => items,
-        other => panic!("RESERVE.INFO: {other:?}"),
-    };
-    let get = |name: &str| -> Value {
-        items
-            .chunks(2)
-            .find(|p| bytes(&p[0]) == name.as_bytes())
-            .unwrap_or_else(|| panic!("no {name} in {items:?}"))[1]
-            .clone()
-    };
-    let num = |name: &str| match get(name) {
-        Value::Int(n) => n,
-        other => panic!("{name}: {other:?}"),
-    };
-    let expire_at_ms = match call(c, &[b"PEXPIRETIME", key]).unwrap() {
-        Value::Int(n) => n,
-        other => panic!("PEXPIRETIME: {other:?}"),
-    };
-    let kind = match call(c, &[b"TYPE", key]).unwrap() {
-        Value::SimpleString(s) => s,
-        other => panic!("TYPE: {other:?}"),
-    };
-    Some(Snapshot {
-        holder: bytes(&get("holder")),
-        token: num("token"),
-        acquired_at_ms: num("acquired_at_ms"),
-        renewals: num("renewals"),
-        expire_at_ms,
-        kind,
-    })
-}
 
 /// Every key of a db with its snapshot (reservations) or its type.
 fn db_state(c: &mut Connection, db: u32) -> Vec<(Vec<u8>, Option<Snapshot>, String)> {
@@ -100,12 +36,6 @@ fn db_state(c: &mut Connection, db: u32) -> Vec<(Vec<u8>, Option<Snapshot>, Stri
     state
 }
 
-/// `WAIT 1 5000` on the master: the replica has acknowledged everything.
-fn sync_replica(master: &mut Connection) {
-    let acked = int(master, &["WAIT", "1", "5000"]);
-    assert_eq!(acked, 1, "the replica did not acknowledge the writes");
-}
-
 fn assert_same_data(master: &mut Connection, replica: &mut Connection, dbs: &[u32]) {
     let digest =
         |c: &mut Connection| -> String { redis::cmd("DEBUG").arg("DIGEST").query(c).unwrap() };
@@ -115,13 +45,6 @@ fn assert_same_data(master: &mut Connection, replica: &mut Connection, dbs: &[u3
         assert_eq!(m, r, "db {db}: master vs replica");
     }
     assert_eq!(digest(master), digest(replica), "DEBUG DIGEST differs");
-}
-
-fn dump(c: &mut Connection, key: &str) -> Vec<u8> {
-    match call_str(c, &["DUMP", key]).unwrap() {
-        Value::BulkString(b) => b,
-        other => panic!("DUMP {key}: {other:?}"),
-    }
 }
 
 /// Starts `RESERVE.WAIT` on its own connection and waits until the server
@@ -143,12 +66,7 @@ fn spawn_waiter(
         )
     });
     wait_until(DEADLINE, "the waiter to be queued", || {
-        match call_str(control, &["RESERVE.INFO", key]) {
-            Ok(Value::Array(items)) => items
-                .chunks(2)
-                .any(|p| bytes(&p[0]) == b"waiters" && p[1] == Value::Int(queued)),
-            _ => false,
-        }
+        info(control, key.as_bytes()).is_some_and(|f| int_field(&f, "waiters") == queued)
     });
     handle
 }
@@ -164,9 +82,7 @@ fn granted(handle: thread::JoinHandle<Result<Value, String>>) -> u64 {
 
 #[test]
 fn replica_matches_master_after_mixed_workload() {
-    let master = start_master();
-    let replica = Server::start();
-    replica.replicate_from(&master);
+    let (master, replica) = Server::master_and_replica(Config::default());
     let mut m = master.conn();
     let mut r = replica.conn();
 
@@ -305,9 +221,7 @@ fn replica_matches_master_after_mixed_workload() {
 
 #[test]
 fn replica_matches_master_after_handoffs() {
-    let master = start_master();
-    let replica = Server::start();
-    replica.replicate_from(&master);
+    let (master, replica) = Server::master_and_replica(Config::default());
     let mut m = master.conn();
     let mut r = replica.conn();
 
@@ -345,9 +259,7 @@ fn replica_matches_master_after_handoffs() {
 
 #[test]
 fn replica_refuses_writes_and_answers_info() {
-    let master = start_master();
-    let replica = Server::start();
-    replica.replicate_from(&master);
+    let (master, replica) = Server::master_and_replica(Config::default());
     let mut m = master.conn();
     let mut r = replica.conn();
     let token = lock(&mut m, "job", "w1", "60");
@@ -383,7 +295,7 @@ fn replica_refuses_writes_and_answers_info() {
 
 #[test]
 fn promoted_replica_issues_larger_tokens() {
-    let master = start_master();
+    let master = Server::with(Config::default().quick_sync());
     let mut m = master.conn();
     // Push the master's counter far ahead of the clock (~12 days) by
     // restoring a reservation with a forged token, before the replica

@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testkit::cmd::text;
 use testkit::redis::{self, Connection, Value};
 use testkit::{error_text, reservation_info, wait_until, Server, DEADLINE};
 
@@ -149,14 +150,6 @@ struct Snapshot {
 }
 
 // ----- talking to the server -----
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        other => panic!("expected a string, got {other:?}"),
-    }
-}
 
 fn int(v: &Value) -> i64 {
     match v {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::Duration;
 
+use testkit::cmd::text;
 use testkit::redis::{self, Connection, Value};
 use testkit::{client_id, error_text, reservation_info, wait_until, Config, Server, DEADLINE};
 
@@ -125,14 +126,6 @@ struct KeyInfo {
     renewals: u64,
     waiters: u64,
     queue: Vec<String>,
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        other => panic!("expected a string, got {other:?}"),
-    }
 }
 
 fn number(v: &Value) -> i64 {

@@ -1,4 +1,7 @@
-//! Sending commands in tests: exact replies or exact error texts.
+//! Sending commands in tests: exact replies or exact error texts, and the
+//! small typed wrappers every test file used to define for itself (an
+//! integer, `OK`, a granted `RESERVE.LOCK`, a string or integer out of a
+//! reply, the key's expiry, the server's clock).
 
 use redis::{Connection, Value};
 
@@ -29,6 +32,62 @@ pub fn int(c: &mut Connection, argv: &[&str]) -> i64 {
     }
 }
 
+/// As [`int`], for binary-safe arguments.
+pub fn int_bytes(c: &mut Connection, argv: &[&[u8]]) -> i64 {
+    match call(c, argv) {
+        Ok(Value::Int(n)) => n,
+        other => {
+            let shown: Vec<String> = argv
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            panic!("{shown:?}: expected an integer, got {other:?}")
+        }
+    }
+}
+
+/// A command that must answer `OK`.
+pub fn ok(c: &mut Connection, argv: &[&str]) {
+    match call_str(c, argv) {
+        Ok(Value::Okay) => {}
+        Ok(Value::SimpleString(s)) if s == "OK" => {}
+        other => panic!("{argv:?}: expected OK, got {other:?}"),
+    }
+}
+
+/// `RESERVE.LOCK key holder ttl`, which must be granted: the token.
+pub fn lock(c: &mut Connection, key: &str, holder: &str, ttl: &str) -> u64 {
+    lock_bytes(c, key.as_bytes(), holder.as_bytes(), ttl)
+}
+
+/// As [`lock`], for a binary key and holder.
+pub fn lock_bytes(c: &mut Connection, key: &[u8], holder: &[u8], ttl: &str) -> u64 {
+    let t = int_bytes(c, &[b"RESERVE.LOCK", key, holder, ttl.as_bytes()]);
+    assert!(
+        t >= 1,
+        "LOCK {} by {} was not granted: {t}",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(holder)
+    );
+    t as u64
+}
+
+/// `PEXPIRETIME key`: the absolute expiry in unix ms (-1 none, -2 no key).
+pub fn pexpiretime(c: &mut Connection, key: &str) -> i64 {
+    int(c, &["PEXPIRETIME", key])
+}
+
+/// `PTTL key`: milliseconds left (-1 no expiry, -2 no key).
+pub fn pttl(c: &mut Connection, key: &str) -> i64 {
+    int(c, &["PTTL", key])
+}
+
+/// The server's clock (`TIME`) in unix milliseconds.
+pub fn server_time_ms(c: &mut Connection) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(c).expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
 /// The error text of a command that must fail.
 pub fn err(c: &mut Connection, argv: &[&str]) -> String {
     match call_str(c, argv) {
@@ -43,6 +102,23 @@ pub fn bytes(v: &Value) -> Vec<u8> {
         Value::BulkString(b) => b.clone(),
         Value::SimpleString(s) => s.clone().into_bytes(),
         other => panic!("not a string: {other:?}"),
+    }
+}
+
+/// The text of a string reply (bulk or status; panics on anything else).
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        other => panic!("expected a string, got {other:?}"),
+    }
+}
+
+/// An integer reply's value (panics on anything else).
+pub fn as_int(v: &Value) -> i64 {
+    match v {
+        Value::Int(n) => *n,
+        other => panic!("not an integer: {other:?}"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Working DUMP payloads and RDB files over, as a hostile client could:
 //! both carry only a CRC-64 that anyone can recompute, so the module must
 //! refuse what it cannot trust. Used by the persistence, replication,
-//! cluster and forged-input tests.
+//! cluster and forged-input tests, which take payloads with [`dump`].
 //!
 //! A DUMP payload is the serialized value, 2 bytes of RDB version and 8
 //! bytes of CRC-64 (little endian). A value of the module's type is
@@ -9,6 +9,18 @@
 //! number: 0 for a mutex, 1 for a grant set in one string), then fields
 //! each tagged with an opcode (2 for numbers, signed ones too; 5 string), then the
 //! EOF opcode 0. Numbers use Redis's length encoding ([`encode_len`]).
+
+use redis::{Connection, Value};
+
+use crate::cmd::call_str;
+
+/// `DUMP key`: the payload of a key that exists.
+pub fn dump(c: &mut Connection, key: &str) -> Vec<u8> {
+    match call_str(c, &["DUMP", key]).unwrap() {
+        Value::BulkString(b) => b,
+        other => panic!("DUMP {key}: {other:?}"),
+    }
+}
 
 /// Redis's CRC-64 (Jones polynomial, reflected, as in `crc64.c`).
 pub fn crc64(data: &[u8]) -> u64 {

@@ -1,7 +1,10 @@
 //! Test harness shared by the module's and the client crate's integration
 //! tests: real `redis-server` processes (or `valkey-server`, chosen with
 //! `RESERVATION_SERVER=valkey-server`) with the freshly built module, each
-//! on a free loopback port in its own temp dir, killed on drop.
+//! on a free loopback port in its own temp dir, killed on drop, plus the
+//! server-level waits (a replica in sync, an AOF rewrite done). Helpers by
+//! topic: [`cmd`] (sending commands, typed replies), [`info`] (reading
+//! `RESERVE.INFO`), [`dump`] (DUMP payloads and RDB files), [`cluster`].
 //!
 //! Nothing here sleeps blindly: [`wait_until`] polls a condition against a
 //! deadline and fails the test with a message when it never holds.
@@ -18,6 +21,7 @@ pub use redis;
 pub mod cluster;
 pub mod cmd;
 pub mod dump;
+pub mod info;
 pub use cluster::Cluster;
 
 /// How long a server gets to start or a condition to become true.
@@ -108,6 +112,12 @@ impl Config {
     /// `appendonly yes` with `appendfsync always`.
     pub fn aof(self) -> Self {
         self.arg("appendonly", "yes").arg("appendfsync", "always")
+    }
+    /// `repl-diskless-sync-delay 0`: as a master, start a replica's initial
+    /// sync at once (Redis 7.0 waits 5 s for more replicas to join a
+    /// diskless sync by default).
+    pub fn quick_sync(self) -> Self {
+        self.arg("repl-diskless-sync-delay", "0")
     }
 }
 
@@ -244,6 +254,15 @@ impl Server {
         });
     }
 
+    /// A master started with `config` (plus [`Config::quick_sync`]) and a
+    /// replica of it with the default configuration, its initial sync done.
+    pub fn master_and_replica(config: Config) -> (Server, Server) {
+        let master = Server::with(config.quick_sync());
+        let replica = Server::start();
+        replica.replicate_from(&master);
+        (master, replica)
+    }
+
     /// Is the process still alive (it did not crash)?
     pub fn is_alive(&mut self) -> bool {
         match self.child.as_mut() {
@@ -338,6 +357,26 @@ pub fn reservation_info(conn: &mut redis::Connection) -> std::collections::HashM
         .filter_map(|l| l.split_once(':'))
         .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
         .collect()
+}
+
+/// `WAIT 1 5000` on a master's connection: one replica has acknowledged
+/// every write so far (panics when it has not within 5 s).
+pub fn sync_replica(master: &mut redis::Connection) {
+    let acked = cmd::int(master, &["WAIT", "1", "5000"]);
+    assert_eq!(acked, 1, "the replica did not acknowledge the writes");
+}
+
+/// `BGREWRITEAOF`, then waits until the rewrite has finished (none in
+/// progress or scheduled).
+pub fn rewrite_aof(c: &mut redis::Connection) {
+    let _: redis::Value = redis::cmd("BGREWRITEAOF").query(c).expect("BGREWRITEAOF");
+    wait_until(DEADLINE, "the AOF rewrite to finish", || {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(c)
+            .expect("INFO persistence");
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    });
 }
 
 /// The client id of a connection (for CLIENT KILL / UNBLOCK).
