@@ -1427,6 +1427,7 @@ fn hostile_argument_sweep_never_crashes() {
         "RESERVE.SETSTATE",
         "RESERVE.SETGRANTS",
         "RESERVE.GUARD",
+        "RESERVE.LOCKALL",
     ];
     let mut rng = StdRng::seed_from_u64(0x5EED_0F2E);
     let (mut values, mut errors) = (0u32, 0u32);

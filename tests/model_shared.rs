@@ -447,6 +447,55 @@ fn shared_grants_follow_the_model() {
                         }
                     }
                 }
+                5 if rng.gen_bool(0.3) => {
+                    // Both keys at once, exclusive, in a random order.
+                    let order: [usize; 2] = if rng.gen_bool(0.5) { [0, 1] } else { [1, 0] };
+                    what = format!("LOCKALL {name} {} {}", KEYS[order[0]], KEYS[order[1]]);
+                    let plain_mine = |key: &Key| {
+                        matches!(key.grants.as_slice(), [g] if g.holder == h && g.mode == Mode::Exclusive)
+                            && key.limit == 0
+                    };
+                    let fits = order.iter().all(|&i| {
+                        let key = &model.keys[i];
+                        plain_mine(key) || (key.grants.is_empty() && key.queue.is_empty())
+                    });
+                    let reply = command(&[
+                        "RESERVE.LOCKALL",
+                        &name,
+                        "600",
+                        KEYS[order[0]],
+                        KEYS[order[1]],
+                    ])
+                    .query::<Value>(&mut clients[h].conn)
+                    .unwrap();
+                    if !fits {
+                        assert_eq!(reply, Value::Nil, "step {step}: {what}");
+                    } else {
+                        let Value::Array(got) = reply else {
+                            panic!("step {step}: {what}: {reply:?}")
+                        };
+                        for (&i, t) in order.iter().zip(got) {
+                            let Value::Int(t) = t else { panic!("{t:?}") };
+                            match model.keys[i].find(h).map(|g| g.token) {
+                                Some(own) => assert_eq!(t, own, "step {step}: {what}: re-acquire"),
+                                None => {
+                                    fresh(t, &what);
+                                    let ask = Ask {
+                                        mode: Mode::Exclusive,
+                                        permits: 1,
+                                        limit: None,
+                                    };
+                                    model.grant(i, h, ask);
+                                    if let Some(g) =
+                                        model.keys[i].grants.iter_mut().find(|g| g.holder == h)
+                                    {
+                                        g.token = t;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
                 4..=5 => {
                     let ask = random_ask(&mut rng);
                     what = format!("WAIT {key} {name} {:?}", ask.args());

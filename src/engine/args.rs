@@ -27,6 +27,8 @@ pub enum ArgError {
     Token,
     Limit,
     Permits,
+    TooManyKeys,
+    DuplicateKey,
     Syntax,
     WrongArity,
 }
@@ -298,6 +300,44 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
     })
 }
 
+/// The most keys one RESERVE.LOCKALL takes.
+pub const MAX_KEYS: usize = 1000;
+
+/// Typed arguments of `RESERVE.LOCKALL holder ttl key [key ...]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LockAllArgs<'a> {
+    pub holder: &'a [u8],
+    pub ttl_ms: u64,
+    pub keys: &'a [&'a [u8]],
+}
+
+pub fn parse_lock_all<'a>(
+    argv: &'a [&'a [u8]],
+    limits: Limits,
+) -> Result<LockAllArgs<'a>, ArgError> {
+    let [_, holder, ttl, keys @ ..] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    if keys.is_empty() {
+        return Err(ArgError::WrongArity);
+    }
+    if keys.len() > MAX_KEYS {
+        return Err(ArgError::TooManyKeys);
+    }
+    let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
+    let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
+    let mut sorted: Vec<&[u8]> = keys.to_vec();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ArgError::DuplicateKey);
+    }
+    Ok(LockAllArgs {
+        holder,
+        ttl_ms,
+        keys,
+    })
+}
+
 /// Typed arguments of `RESERVE.GUARD key holder token command [arg ...]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct GuardArgs<'a> {
@@ -388,6 +428,28 @@ mod tests {
         max_holder_len: 512,
         max_holders: 100_000,
     };
+
+    #[test]
+    fn lock_all_arguments() {
+        let argv: [&[u8]; 5] = [b"RESERVE.LOCKALL", b"h", b"30", b"a", b"b"];
+        let a = parse_lock_all(&argv, LIMITS).unwrap();
+        assert_eq!(
+            (a.holder, a.ttl_ms, a.keys),
+            (&b"h"[..], 30_000, &[&b"a"[..], b"b"][..])
+        );
+        let dup: [&[u8]; 6] = [b"X", b"h", b"30", b"a", b"b", b"a"];
+        assert_eq!(parse_lock_all(&dup, LIMITS), Err(ArgError::DuplicateKey));
+        let none: [&[u8]; 3] = [b"X", b"h", b"30"];
+        assert_eq!(parse_lock_all(&none, LIMITS), Err(ArgError::WrongArity));
+        let names: Vec<Vec<u8>> = (0..=MAX_KEYS).map(|i| i.to_string().into_bytes()).collect();
+        let mut many: Vec<&[u8]> = vec![b"X", b"h", b"30"];
+        many.extend(names.iter().map(Vec::as_slice));
+        assert_eq!(parse_lock_all(&many, LIMITS), Err(ArgError::TooManyKeys));
+        many.pop();
+        assert_eq!(parse_lock_all(&many, LIMITS).unwrap().keys.len(), MAX_KEYS);
+        let bad: [&[u8]; 4] = [b"X", b"h", b"0", b"a"];
+        assert_eq!(parse_lock_all(&bad, LIMITS), Err(ArgError::Ttl));
+    }
 
     #[test]
     fn guard_arguments() {
@@ -678,6 +740,9 @@ mod tests {
             if let Ok(ask) = parse_ask(&argv, LIMITS.max_holders) {
                 prop_assert!(ask.permits >= 1);
                 prop_assert!(ask.limit.is_none_or(|n| ask.permits <= n && n <= LIMITS.max_holders));
+            }
+            if let Ok(a) = parse_lock_all(&argv, LIMITS) {
+                prop_assert!(!a.keys.is_empty() && a.keys.len() <= MAX_KEYS);
             }
             if let Ok(g) = parse_guard(&argv) {
                 prop_assert!(!g.command.is_empty() && g.token >= 1);

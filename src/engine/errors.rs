@@ -15,6 +15,8 @@ pub const SYNTAX: &str = "ERR syntax error";
 pub const TOO_MANY_HOLDERS: &str = "ERR too many holders";
 pub const ALREADY_HOLDS: &str = "ERR holder already holds this reservation";
 pub const INVALID_STATE: &str = "ERR invalid reservation state";
+pub const TOO_MANY_KEYS: &str = "ERR too many keys (at most 1000)";
+pub const DUPLICATE_KEY: &str = "ERR duplicate key";
 pub const FENCED: &str = "FENCED reservation not held by that holder and token";
 pub const NOT_IN_GUARD: &str = "ERR command not allowed in RESERVE.GUARD";
 pub const UNKNOWN_COMMAND: &str = "ERR unknown command";
@@ -44,6 +46,8 @@ pub fn arg_error_message(err: ArgError) -> &'static str {
         ArgError::Token => INVALID_TOKEN,
         ArgError::Limit => INVALID_LIMIT,
         ArgError::Permits => INVALID_PERMITS,
+        ArgError::TooManyKeys => TOO_MANY_KEYS,
+        ArgError::DuplicateKey => DUPLICATE_KEY,
         ArgError::Syntax => SYNTAX,
         ArgError::WrongArity => WRONG_ARITY,
     }

@@ -402,6 +402,72 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
     on_held(ctx, &mut st, key, &req, now)
 }
 
+/// `RESERVE.LOCKALL holder ttl key [key ...]`: every key to `holder`, each
+/// an exclusive grant with its own token and expiry, or none: an array of
+/// tokens in key order, or nil when any key is held by someone else (a
+/// key the holder holds counts as free for it: same token, TTL refreshed)
+/// or has waiters queued. O(number of keys).
+pub fn lock_all(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let limits = config::limits();
+    let a = args::parse_lock_all(argv, limits)?;
+    refuse_on_replica()?;
+    let now = now_ms();
+    // Every key is opened (and looked at) before anything changes; opening
+    // may expire a key and fire its notification, so before the state lock.
+    let keys: Vec<OpenKey> = raw_args[3..]
+        .iter()
+        .map(|name| OpenKey::write(ctx, *name))
+        .collect();
+    let mut st = module_state()?;
+    // Some(token): the holder's own, re-acquired; None: granted now.
+    let mut held: Vec<Option<u64>> = Vec::with_capacity(keys.len());
+    for (key, name) in keys.iter().zip(a.keys) {
+        match current(key)? {
+            Current::Held(r) if r.holder() == a.holder => held.push(Some(r.token())),
+            Current::Free if waiters_on(ctx, &st, name).is_none() => held.push(None),
+            _ => {
+                bump(&STATS.contended);
+                reply_null(ctx);
+                return Ok(());
+            }
+        }
+    }
+    if held.iter().any(Option::is_none) && a.holder.len() > limits.max_holder_len {
+        return Err(errors::INVALID_HOLDER.into());
+    }
+    // Tokens first, so a counter at its ceiling changes nothing.
+    let mut tokens = Vec::with_capacity(keys.len());
+    for own in &held {
+        tokens.push(match own {
+            Some(token) => *token,
+            None => granting::new_token(ctx, now)?,
+        });
+    }
+    let expire_at = now.saturating_add(a.ttl_ms as i64);
+    for (i, key) in keys.iter().enumerate() {
+        let name = a.keys[i];
+        match held[i] {
+            None => grant(ctx, key, name, a.holder, a.ttl_ms, tokens[i], now),
+            Some(_) => {
+                if let Current::Held(r) = current(key)? {
+                    replicate_state(ctx, name, r, expire_at);
+                }
+                key.set_abs_expire(expire_at);
+                bump(&STATS.reacquires);
+                if let Some(qk) = waiters_on(ctx, &st, name) {
+                    blocking::sync_expiry_timer(ctx, &mut st, &qk, Some(expire_at), now);
+                }
+            }
+        }
+        notify(ctx, Event::Lock, raw_args[3 + i]);
+    }
+    ffi::reply_array(ctx, tokens.len());
+    for token in tokens {
+        reply_integer(ctx, token as i64);
+    }
+    Ok(())
+}
+
 /// `RESERVE.RENEW key holder ttl [TOKEN t]`: 1 when `holder` holds it (and
 /// its token is `t`): expiry := now + ttl, renewals += 1; else 0. O(1).
 pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
@@ -732,6 +798,7 @@ entry_point!(lock_command, lock);
 entry_point!(renew_command, renew);
 entry_point!(release_command, release);
 entry_point!(wait_command, wait);
+entry_point!(lock_all_command, lock_all);
 entry_point!(info_command, info);
 entry_point!(set_state_command, set_state);
 entry_point!(set_grants_command, set_grants);

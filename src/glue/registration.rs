@@ -96,6 +96,17 @@ const fn count_option(name: &'static CStr, token: &'static CStr) -> ArgDoc {
     }
 }
 
+/// Further keys: `[key ...]`.
+const fn rest_key_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
+        token: None,
+        optional: true,
+        multiple: true,
+    }
+}
+
 /// `arg [arg ...]`: any number of strings, none included.
 const fn rest_arg(name: &'static CStr) -> ArgDoc {
     ArgDoc {
@@ -107,11 +118,18 @@ const fn rest_arg(name: &'static CStr) -> ArgDoc {
     }
 }
 
+/// A command's keys: the first and last argument that is a key (-1: the
+/// last argument), every one between; (0, 0) for none.
+type KeyRange = (c_int, c_int);
+const ONE_KEY: KeyRange = (1, 1);
+const NO_KEYS: KeyRange = (0, 0);
+
 struct CommandSpec {
     name: &'static CStr,
     handler: CommandFn,
     flags: &'static CStr,
     arity: c_int,
+    keys: KeyRange,
     /// Flags of the key at argument 1; 0 for a command without keys.
     key_flags: u32,
     summary: &'static CStr,
@@ -129,6 +147,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::lock_command,
         flags: c"write deny-oom fast",
         arity: -4,
+        keys: ONE_KEY,
         key_flags: RW_KEY,
         summary: c"Acquires a reservation if it is free (exclusive, or a SHARED grant, or PERMITS of a LIMIT-permit semaphore); re-acquiring by the same holder refreshes its TTL. Replies with the fencing token, or 0 when it does not fit now.",
         complexity: c"O(1) for an exclusive reservation, O(N) where N is the number of grants otherwise",
@@ -146,6 +165,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::renew_command,
         flags: c"write deny-oom fast",
         arity: -4,
+        keys: ONE_KEY,
         key_flags: RW_KEY,
         summary: c"Extends a reservation to now + ttl, only for its holder (and token). Replies 1 when renewed, 0 when not held by the holder.",
         complexity: c"O(1)",
@@ -156,6 +176,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::release_command,
         flags: c"write deny-oom fast",
         arity: -3,
+        keys: ONE_KEY,
         key_flags: raw::REDISMODULE_CMD_KEY_RW
             | raw::REDISMODULE_CMD_KEY_ACCESS
             | raw::REDISMODULE_CMD_KEY_DELETE,
@@ -168,6 +189,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::wait_command,
         flags: c"write deny-oom blocking",
         arity: -5,
+        keys: ONE_KEY,
         key_flags: RW_KEY,
         summary: c"Acquires a reservation (exclusive, SHARED, or PERMITS of a LIMIT-permit semaphore), blocking in FIFO order until it is granted or the timeout (seconds, 0 = forever) passes. Replies with the fencing token, or 0 on timeout.",
         complexity: c"O(1) for an exclusive reservation, O(N) where N is the number of grants otherwise",
@@ -186,16 +208,29 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::info_command,
         flags: c"readonly fast",
         arity: 2,
+        keys: ONE_KEY,
         key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
         summary: c"Shows a reservation: the oldest grant's holder, token, ttl_ms, acquired_at_ms and renewals, then mode, limit, permits_used, waiters, queue and every grant in holders; nil when there is none.",
         complexity: c"O(N + M) where N is the number of grants and M the number of waiters",
         args: &[key_arg(c"key")],
     },
     CommandSpec {
+        name: c"RESERVE.LOCKALL",
+        handler: commands::lock_all_command,
+        flags: c"write deny-oom",
+        arity: -4,
+        keys: (3, -1),
+        key_flags: RW_KEY,
+        summary: c"Acquires every key for the holder (exclusive, each its own token and TTL) or none. Replies with the tokens in key order, or nil when any key is held by another holder or has waiters.",
+        complexity: c"O(N) where N is the number of keys",
+        args: &[string_arg(c"holder"), double_arg(c"ttl"), key_arg(c"key"), rest_key_arg(c"key")],
+    },
+    CommandSpec {
         name: c"RESERVE.GUARD",
         handler: crate::glue::guard::guard_command,
         flags: c"write deny-oom getkeys-api",
         arity: -5,
+        keys: ONE_KEY,
         // The inner command's keys come from the getkeys API (variable
         // flags make Redis ask for them instead of trusting this spec).
         key_flags: RW_KEY | raw::REDISMODULE_CMD_KEY_VARIABLE_FLAGS,
@@ -214,6 +249,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::set_state_command,
         flags: c"write",
         arity: 7,
+        keys: ONE_KEY,
         key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
         summary: c"Internal: restores a reservation exactly (replication and AOF only; refused from clients).",
         complexity: c"O(1)",
@@ -231,6 +267,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::set_grants_command,
         flags: c"write",
         arity: 3,
+        keys: ONE_KEY,
         key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
         summary: c"Internal: restores a reservation with shared grants exactly, from one encoded argument (replication and AOF only; refused from clients).",
         complexity: c"O(N) where N is the number of grants",
@@ -241,6 +278,7 @@ static COMMANDS: &[CommandSpec] = &[
         handler: commands::token_floor_command,
         flags: c"write",
         arity: 2,
+        keys: NO_KEYS,
         key_flags: 0,
         summary: c"Internal: raises the fencing-token counter (replication and AOF only; refused from clients).",
         complexity: c"O(1)",
@@ -337,12 +375,13 @@ fn check_api() -> Result<(), String> {
 }
 
 /// Key at argument 1, one key, like `SET`'s spec.
-fn set_key_spec(spec: &mut raw::RedisModuleCommandKeySpec, flags: u32) {
+fn set_key_spec(spec: &mut raw::RedisModuleCommandKeySpec, flags: u32, (first, last): KeyRange) {
     spec.flags = u64::from(flags);
     spec.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
-    spec.bs.index.pos = 1;
+    spec.bs.index.pos = first;
     spec.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
-    spec.fk.range.lastkey = 0;
+    // Relative to the first key: 0 is that key alone, -1 the last argument.
+    spec.fk.range.lastkey = if last < 0 { last } else { last - first };
     spec.fk.range.keystep = 1;
     spec.fk.range.limit = 0;
 }
@@ -350,7 +389,7 @@ fn set_key_spec(spec: &mut raw::RedisModuleCommandKeySpec, flags: u32) {
 fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
     let name = spec.name.to_string_lossy();
     let has_key = spec.key_flags != 0;
-    let key_pos = c_int::from(has_key);
+    let (first_key, last_key) = spec.keys;
     // SAFETY: ctx is the OnLoad context; strings are 'static C strings.
     let status = unsafe {
         rm!(RedisModule_CreateCommand)(
@@ -358,9 +397,9 @@ fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
             spec.name.as_ptr(),
             Some(spec.handler),
             spec.flags.as_ptr(),
-            key_pos,
-            key_pos,
-            key_pos,
+            first_key,
+            last_key,
+            c_int::from(has_key),
         )
     };
     if status != raw::REDISMODULE_OK as c_int {
@@ -376,7 +415,7 @@ fn register_command(ctx: Ctx, spec: &CommandSpec) -> Result<(), String> {
     // SAFETY: all-zero is a valid "end of list" value for these C structs.
     let mut key_specs: [raw::RedisModuleCommandKeySpec; 2] = unsafe { std::mem::zeroed() };
     if has_key {
-        set_key_spec(&mut key_specs[0], spec.key_flags);
+        set_key_spec(&mut key_specs[0], spec.key_flags, spec.keys);
     }
 
     let mut args: Vec<raw::RedisModuleCommandArg> = spec
