@@ -604,14 +604,12 @@ pub fn check_key(ctx: Ctx, qk: &QueueKey) {
         KeyKind::Empty => cluster::route(ctx, &qk.key),
         _ => Route::Mine,
     };
-    if let KeyKind::Reservation(raw) = kind {
-        if granting::as_set(raw).is_some() {
-            granting::end_expired(ctx, &key, &qk.key, now);
-            if let Some(mut st) = state() {
-                settle_and_admit(ctx, &mut st, &key, qk, now);
-            }
-            return;
+    if granting::holds_set(&key) {
+        granting::end_expired(ctx, &key, &qk.key, now);
+        if let Some(mut st) = state() {
+            settle_and_admit(ctx, &mut st, &key, qk, now);
         }
+        return;
     }
     let Some(mut st) = state() else { return };
     if let Some((id, _)) = st.set_timers.remove(qk) {
@@ -731,10 +729,7 @@ pub fn release_grant(
     token: Option<u64>,
     now: i64,
 ) -> bool {
-    let KeyKind::Reservation(raw) = key.kind() else {
-        return false;
-    };
-    if granting::as_set(raw).is_some() {
+    if granting::holds_set(key) {
         granting::end_expired(ctx, key, &qk.key, now);
         let removed = granting::with_set(key, |set| {
             let theirs = set

@@ -10,8 +10,6 @@
 //! Who is granted is decided in `grants.rs`; waking waiters is in
 //! `blocking.rs`, which calls down into this file.
 
-use std::ptr::NonNull;
-
 use crate::engine::errors;
 use crate::engine::grants::{Grant, GrantSet, Mine, Mode, Occupancy};
 use crate::engine::reservation::{Reservation, ReservationRef};
@@ -234,13 +232,7 @@ pub fn restore_set(key: &OpenKey, set: GrantSet) {
     }
 }
 
-/// The grant set behind a raw value pointer, if it is one (for callers
-/// that hold a `KeyKind::Reservation`).
-pub fn as_set<'a>(raw: NonNull<std::ffi::c_void>) -> Option<&'a GrantSet> {
-    // SAFETY: the caller holds the key open; the view ends before any
-    // change to it.
-    match unsafe { ValueRef::from_raw(raw) } {
-        ValueRef::Set(set) => Some(set),
-        ValueRef::Mutex(_) => None,
-    }
+/// Whether the key holds a grant set (not a mutex, a string or nothing).
+pub fn holds_set(key: &OpenKey) -> bool {
+    matches!(value_of(key), Some(ValueRef::Set(_)))
 }
