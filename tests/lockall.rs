@@ -183,3 +183,168 @@ fn grants_replicate_and_cross_slot_is_refused() {
     let e = lock_all(&mut c, "w", "30", &["{t}:c", &other]).unwrap_err();
     assert!(e.starts_with("CROSSSLOT"), "{e}");
 }
+
+// ----- RESERVE.WAITALL -----
+
+/// A RESERVE.WAITALL on its own connection; its reply on a channel.
+struct WaitAll {
+    rx: std::sync::mpsc::Receiver<Result<Value, String>>,
+    id: i64,
+}
+
+impl WaitAll {
+    fn spawn(server: &Server, holder: &str, timeout: &str, keys: &[&str]) -> WaitAll {
+        let mut conn = server.conn();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let id = int(&mut conn, &["CLIENT", "ID"]);
+        let mut argv: Vec<String> = ["RESERVE.WAITALL", holder, "30", timeout]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(keys.iter().map(|k| k.to_string()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let _ = tx.send(call_str(&mut conn, &argv));
+        });
+        WaitAll { rx, id }
+    }
+
+    fn reply(&self) -> Result<Value, String> {
+        self.rx.recv_timeout(DEADLINE).expect("WAITALL answered")
+    }
+
+    fn waiting(&self) -> bool {
+        self.rx.try_recv().is_err()
+    }
+}
+
+fn blocked(c: &mut Connection) -> u64 {
+    reservation_info(c)["waiters"]
+}
+
+#[test]
+fn waitall_is_granted_every_key_at_once_in_arrival_order() {
+    let server = Server::start();
+    let mut c = server.conn();
+    // Free keys with nobody waiting: granted at once, like LOCKALL.
+    let now = tokens(call_str(&mut c, &["RESERVE.WAITALL", "w0", "30", "0", "x", "y"]).unwrap());
+    assert_eq!(now.len(), 2);
+    assert!(int(&mut c, &["RESERVE.LOCK", "b", "holder", "30"]) > 0);
+    // Two WAITALLs on the same keys in opposite orders: no deadlock, the
+    // first to arrive is granted first.
+    let first = WaitAll::spawn(&server, "first", "0", &["a", "b"]);
+    wait_until(DEADLINE, "first queued", || blocked(&mut c) == 2);
+    let second = WaitAll::spawn(&server, "second", "0", &["b", "a"]);
+    wait_until(DEADLINE, "second queued", || blocked(&mut c) == 4);
+    // `a` is free, but waited for: nobody else gets it meanwhile.
+    assert_eq!(int(&mut c, &["RESERVE.LOCK", "a", "other", "30"]), 0);
+    assert_eq!(lock_all(&mut c, "other", "30", &["a"]), Ok(Value::Nil));
+    assert_eq!(int(&mut c, &["EXISTS", "a"]), 0);
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "b", "holder"]), 1);
+    let t1 = tokens(first.reply().unwrap());
+    assert!(second.waiting());
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "a", "first"]), 1);
+    assert!(second.waiting(), "b is still first's");
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "b", "first"]), 1);
+    let t2 = tokens(second.reply().unwrap());
+    assert!(
+        t2.iter().all(|t| t1.iter().all(|u| t > u)),
+        "{t1:?} then {t2:?}"
+    );
+    assert_eq!(blocked(&mut c), 0);
+    let info = call_str(&mut c, &["RESERVE.INFO", "a"]).unwrap();
+    let Value::Array(fields) = info else {
+        panic!("{info:?}")
+    };
+    assert_eq!(fields[1], Value::BulkString(b"second".to_vec()));
+}
+
+#[test]
+fn waitall_that_ends_leaves_every_queue() {
+    let server = Server::start();
+    let mut c = server.conn();
+    assert!(int(&mut c, &["RESERVE.LOCK", "b", "holder", "30"]) > 0);
+    // Timeout: nil, and neither queue keeps it.
+    let timed = WaitAll::spawn(&server, "t", "0.2", &["a", "b"]);
+    assert_eq!(timed.reply(), Ok(Value::Nil));
+    assert_eq!(blocked(&mut c), 0);
+    // CLIENT UNBLOCK: nil too.
+    let unblocked = WaitAll::spawn(&server, "u", "0", &["a", "b"]);
+    wait_until(DEADLINE, "queued", || blocked(&mut c) == 2);
+    assert_eq!(
+        int(&mut c, &["CLIENT", "UNBLOCK", &unblocked.id.to_string()]),
+        1
+    );
+    assert_eq!(unblocked.reply(), Ok(Value::Nil));
+    assert_eq!(blocked(&mut c), 0);
+    // Killed: gone from both queues, and never granted.
+    let killed = WaitAll::spawn(&server, "k", "0", &["a", "b"]);
+    wait_until(DEADLINE, "queued", || blocked(&mut c) == 2);
+    assert_eq!(
+        int(&mut c, &["CLIENT", "KILL", "ID", &killed.id.to_string()]),
+        1
+    );
+    wait_until(DEADLINE, "left", || blocked(&mut c) == 0);
+    assert_eq!(int(&mut c, &["RESERVE.RELEASE", "b", "holder"]), 1);
+    assert_eq!(int(&mut c, &["EXISTS", "a", "b"]), 0, "no phantom grant");
+    // One key turned into a hash: the whole WAITALL gets WRONGTYPE and
+    // leaves the other queue too.
+    assert!(int(&mut c, &["RESERVE.LOCK", "b", "holder", "30"]) > 0);
+    let failed = WaitAll::spawn(&server, "f", "0", &["a", "b"]);
+    wait_until(DEADLINE, "queued", || blocked(&mut c) == 2);
+    call_str(&mut c, &["MULTI"]).unwrap();
+    call_str(&mut c, &["DEL", "b"]).unwrap();
+    call_str(&mut c, &["HSET", "b", "f", "v"]).unwrap();
+    call_str(&mut c, &["EXEC"]).unwrap();
+    assert_eq!(
+        failed.reply(),
+        Err("WRONGTYPE Operation against a key holding the wrong kind of value".to_string())
+    );
+    assert_eq!(int(&mut c, &["EXISTS", "a"]), 0);
+    assert_eq!(blocked(&mut c), 0);
+}
+
+#[test]
+fn waitall_in_multi_behaves_as_lockall() {
+    let server = Server::start();
+    let mut c = server.conn();
+    assert!(int(&mut c, &["RESERVE.LOCK", "b", "holder", "30"]) > 0);
+    call_str(&mut c, &["MULTI"]).unwrap();
+    call_str(&mut c, &["RESERVE.WAITALL", "w", "30", "0", "a", "b"]).unwrap();
+    call_str(&mut c, &["RESERVE.WAITALL", "w", "30", "0", "c", "d"]).unwrap();
+    let replies = call_str(&mut c, &["EXEC"]).unwrap();
+    let Value::Array(replies) = replies else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(replies[0], Value::Nil);
+    assert_eq!(tokens(replies[1].clone()).len(), 2);
+    assert_eq!(blocked(&mut c), 0);
+}
+
+#[test]
+fn waitall_grants_replicate() {
+    let master = Server::start();
+    let replica = Server::start();
+    replica.replicate_from(&master);
+    let mut m = master.conn();
+    assert!(int(&mut m, &["RESERVE.LOCK", "b", "holder", "60"]) > 0);
+    let w = WaitAll::spawn(&master, "w", "0", &["a", "b"]);
+    wait_until(DEADLINE, "queued", || blocked(&mut m) == 2);
+    assert_eq!(int(&mut m, &["RESERVE.RELEASE", "b", "holder"]), 1);
+    let t = tokens(w.reply().unwrap());
+    call_str(&mut m, &["WAIT", "1", "5000"]).unwrap();
+    let mut r = replica.conn();
+    for (key, token) in ["a", "b"].iter().zip(&t) {
+        let info = call_str(&mut r, &["RESERVE.INFO", key]).unwrap();
+        let Value::Array(fields) = info else {
+            panic!("{key}: {info:?}")
+        };
+        assert_eq!(fields[3], Value::Int(*token), "{key}");
+        assert_eq!(
+            int(&mut r, &["PEXPIRETIME", key]),
+            int(&mut m, &["PEXPIRETIME", key])
+        );
+    }
+}

@@ -318,24 +318,53 @@ pub fn parse_lock_all<'a>(
     let [_, holder, ttl, keys @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
+    check_keys(keys)?;
+    Ok(LockAllArgs {
+        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
+        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
+        keys,
+    })
+}
+
+/// Typed arguments of `RESERVE.WAITALL holder ttl timeout key [key ...]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WaitAllArgs<'a> {
+    pub all: LockAllArgs<'a>,
+    pub timeout_ms: Option<u64>,
+}
+
+pub fn parse_wait_all<'a>(
+    argv: &'a [&'a [u8]],
+    limits: Limits,
+) -> Result<WaitAllArgs<'a>, ArgError> {
+    let [_, holder, ttl, timeout, keys @ ..] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    check_keys(keys)?;
+    Ok(WaitAllArgs {
+        all: LockAllArgs {
+            holder: parse_holder(holder, HOLDER_LEN_CAP)?,
+            ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
+            keys,
+        },
+        timeout_ms: parse_timeout(timeout)?,
+    })
+}
+
+/// At least one key, at most MAX_KEYS, none twice.
+fn check_keys(keys: &[&[u8]]) -> Result<(), ArgError> {
     if keys.is_empty() {
         return Err(ArgError::WrongArity);
     }
     if keys.len() > MAX_KEYS {
         return Err(ArgError::TooManyKeys);
     }
-    let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
-    let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
     let mut sorted: Vec<&[u8]> = keys.to_vec();
     sorted.sort_unstable();
     if sorted.windows(2).any(|w| w[0] == w[1]) {
         return Err(ArgError::DuplicateKey);
     }
-    Ok(LockAllArgs {
-        holder,
-        ttl_ms,
-        keys,
-    })
+    Ok(())
 }
 
 /// Typed arguments of `RESERVE.GUARD key holder token command [arg ...]`.
@@ -449,6 +478,13 @@ mod tests {
         assert_eq!(parse_lock_all(&many, LIMITS).unwrap().keys.len(), MAX_KEYS);
         let bad: [&[u8]; 4] = [b"X", b"h", b"0", b"a"];
         assert_eq!(parse_lock_all(&bad, LIMITS), Err(ArgError::Ttl));
+        let wait: [&[u8]; 6] = [b"X", b"h", b"30", b"1.5", b"a", b"b"];
+        let w = parse_wait_all(&wait, LIMITS).unwrap();
+        assert_eq!((w.timeout_ms, w.all.keys.len()), (Some(1500), 2));
+        let wait: [&[u8]; 4] = [b"X", b"h", b"30", b"0"];
+        assert_eq!(parse_wait_all(&wait, LIMITS), Err(ArgError::WrongArity));
+        let wait: [&[u8]; 5] = [b"X", b"h", b"30", b"-1", b"a"];
+        assert_eq!(parse_wait_all(&wait, LIMITS), Err(ArgError::Timeout));
     }
 
     #[test]
@@ -740,6 +776,9 @@ mod tests {
             if let Ok(ask) = parse_ask(&argv, LIMITS.max_holders) {
                 prop_assert!(ask.permits >= 1);
                 prop_assert!(ask.limit.is_none_or(|n| ask.permits <= n && n <= LIMITS.max_holders));
+            }
+            if let Ok(w) = parse_wait_all(&argv, LIMITS) {
+                prop_assert!(!w.all.keys.is_empty() && w.all.keys.len() <= MAX_KEYS);
             }
             if let Ok(a) = parse_lock_all(&argv, LIMITS) {
                 prop_assert!(!a.keys.is_empty() && a.keys.len() <= MAX_KEYS);

@@ -24,21 +24,25 @@ use crate::glue::ffi::{
 use crate::glue::granting::{self, Settled};
 use crate::glue::notify::{notify_bytes, Event};
 use crate::glue::state::{
-    bump, state, BlockedClient, ModuleState, Orphan, QueueKey, QueueMeta, Waiter, STATS,
+    bump, state, BlockedClient, Group, ModuleState, Orphan, QueueKey, QueueMeta, Waiter, STATS,
     WAITERS_QUEUED,
 };
 use crate::glue::store::{KeyKind, OpenKey};
 
 /// What a blocked client is told when Redis runs its reply callback.
 enum WaitReply {
+    /// Each key granted with its token: one for RESERVE.WAIT (replied as an
+    /// integer), every key of a RESERVE.WAITALL (replied as an array).
     Granted {
-        token: u64,
-        key: QueueKey,
+        grants: Vec<(QueueKey, u64)>,
+        all: bool,
         holder: Box<[u8]>,
         client: BlockedClient,
         delivered: bool,
     },
     TimedOut,
+    /// A WAITALL's timeout (or CLIENT UNBLOCK): nil.
+    TimedOutAll,
     WrongType,
     /// The key moved to another cluster node: `MOVED ...` / `ASK ...`.
     Redirect(String),
@@ -59,6 +63,10 @@ pub fn admit_waiters(
     qk: &QueueKey,
     now: i64,
 ) -> usize {
+    // A RESERVE.WAITALL at the head is granted all its keys or nothing.
+    if let Some(gid) = st.waiters.front(qk).and_then(|(_, w)| w.group) {
+        return grant_group(ctx, st, gid, now);
+    }
     let Some((occupancy, _)) = granting::occupancy(key, b"") else {
         return 0;
     };
@@ -186,8 +194,8 @@ fn deliver(st: &mut ModuleState, qk: &QueueKey, waiter: &Waiter, token: u64) {
     unblock(
         waiter.client,
         WaitReply::Granted {
-            token,
-            key: qk.clone(),
+            grants: vec![(qk.clone(), token)],
+            all: false,
             holder: waiter.holder.clone(),
             client: waiter.client,
             delivered: false,
@@ -276,6 +284,7 @@ pub fn block_waiter(
         ask,
         client,
         timeout_timer: None,
+        group: None,
     };
     let id = match st.waiters.push(qk.clone(), waiter, max) {
         Ok(id) => id,
@@ -313,6 +322,199 @@ fn remove_waiter(ctx: Ctx, st: &mut ModuleState, id: WaiterId) -> Option<Waiter>
     Some(value)
 }
 
+// ----- RESERVE.WAITALL: one client queued on several keys -----
+
+/// Queues the calling client on every key of `keys` at once (after the
+/// caller found that not all can be granted now). `expires` are the keys'
+/// expiries, for their queues' timers.
+pub fn block_group(
+    ctx: Ctx,
+    st: &mut ModuleState,
+    keys: &[QueueKey],
+    expires: &[Option<i64>],
+    req: &WaitRequest<'_>,
+    now: i64,
+) -> Result<(), &'static str> {
+    let max = crate::glue::config::max_waiters();
+    if keys.iter().any(|qk| st.waiters.len(qk) >= max) {
+        return Err(errors::TOO_MANY_WAITERS);
+    }
+    // SAFETY: as in block_waiter.
+    let bc = unsafe {
+        rm!(RedisModule_BlockClient)(
+            ctx,
+            Some(wait_reply),
+            Some(wait_unblocked),
+            Some(free_reply),
+            0,
+        )
+    };
+    if bc.is_null() {
+        return Err(errors::INTERNAL_PANIC);
+    }
+    // SAFETY: bc is the handle just created.
+    unsafe { rm!(RedisModule_SetDisconnectCallback)(bc, Some(wait_disconnected)) };
+    let client = BlockedClient(bc);
+    st.next_group += 1;
+    let gid = st.next_group;
+    let mut members = Vec::with_capacity(keys.len());
+    for qk in keys {
+        let member = Waiter {
+            holder: req.holder.into(),
+            ttl_ms: req.ttl_ms,
+            ask: Ask::EXCLUSIVE,
+            client,
+            timeout_timer: None,
+            group: Some(gid),
+        };
+        match st.waiters.push(qk.clone(), member, max) {
+            Ok(id) => members.push((qk.clone(), id)),
+            Err(_) => {
+                for (_, id) in members {
+                    st.waiters.remove(id);
+                }
+                unblock(client, WaitReply::TimedOutAll);
+                return Ok(());
+            }
+        }
+    }
+    let timeout_timer = req
+        .timeout_ms
+        .map(|t| create_timer(ctx, t as i64, group_timed_out, gid as usize as *mut c_void));
+    st.groups.insert(
+        gid,
+        Group {
+            client,
+            holder: req.holder.into(),
+            ttl_ms: req.ttl_ms,
+            members,
+            timeout_timer,
+        },
+    );
+    st.group_of_client.insert(client, gid);
+    for (qk, expire) in keys.iter().zip(expires) {
+        sync_expiry_timer(ctx, st, qk, *expire, now);
+    }
+    bump(&STATS.waits_blocked);
+    st.publish_waiter_count();
+    Ok(())
+}
+
+/// Takes a group out of every queue for good (timeout, disconnect,
+/// unblock, a failed key); the caller unblocks its client.
+fn remove_group(ctx: Ctx, st: &mut ModuleState, gid: u64) -> Option<Group> {
+    let group = st.groups.remove(&gid)?;
+    st.group_of_client.remove(&group.client);
+    if let Some(timer) = group.timeout_timer {
+        let _ = stop_timer(ctx, timer);
+    }
+    for (_, id) in &group.members {
+        if let Some(Removed {
+            emptied: Some(meta),
+            ..
+        }) = st.waiters.remove(*id)
+        {
+            cancel_expiry_timer(ctx, meta);
+        }
+    }
+    st.publish_waiter_count();
+    Some(group)
+}
+
+extern "C" fn group_timed_out(ctx: Ctx, data: *mut c_void) {
+    let gid = data as usize as u64;
+    let Some(mut st) = state() else { return };
+    if let Some(g) = st.groups.get_mut(&gid) {
+        g.timeout_timer = None; // fired: not to be stopped again
+    }
+    if let Some(group) = remove_group(ctx, &mut st, gid) {
+        bump(&STATS.wait_timeouts);
+        unblock(group.client, WaitReply::TimedOutAll);
+    }
+}
+
+/// Grants a group every key at once if it is the oldest waiter on each
+/// and each key is free for it (or already its own mutex: same token, TTL
+/// refreshed). Otherwise nothing happens and it keeps its place. Returns
+/// how many keys were granted.
+fn grant_group(ctx: Ctx, st: &mut ModuleState, gid: u64, now: i64) -> usize {
+    let Some(group) = st.groups.get(&gid) else {
+        return 0;
+    };
+    let at_heads = group
+        .members
+        .iter()
+        .all(|(qk, id)| st.waiters.front(qk).map(|(front, _)| front) == Some(*id));
+    if !at_heads {
+        return 0;
+    }
+    let keys: Vec<QueueKey> = group.members.iter().map(|(qk, _)| qk.clone()).collect();
+    let (holder, ttl_ms, client) = (group.holder.clone(), group.ttl_ms, group.client);
+    let names: Vec<OwnedString> = keys
+        .iter()
+        .map(|qk| OwnedString::new(ctx, &qk.key))
+        .collect();
+    let opened: Vec<OpenKey> = names
+        .iter()
+        .map(|n| OpenKey::write(ctx, n.as_ptr()))
+        .collect();
+    // Some(token): already this holder's mutex.
+    let mut own = Vec::with_capacity(opened.len());
+    for key in &opened {
+        match key.kind() {
+            KeyKind::Empty => own.push(None),
+            KeyKind::Reservation(_) => match granting::value_of(key) {
+                Some(ValueRef::Mutex(r)) if r.holder() == &*holder => own.push(Some(r.token())),
+                _ => return 0,
+            },
+            _ => return 0,
+        }
+    }
+    let mut tokens = Vec::with_capacity(own.len());
+    for mine in &own {
+        match mine {
+            Some(token) => tokens.push(*token),
+            None => match granting::new_token(ctx, now) {
+                Ok(token) => tokens.push(token),
+                Err(_) => return 0,
+            },
+        }
+    }
+    if remove_group(ctx, st, gid).is_none() {
+        return 0;
+    }
+    let expire_at = now.saturating_add(ttl_ms as i64);
+    for (i, key) in opened.iter().enumerate() {
+        let qk = &keys[i];
+        match own[i] {
+            None => granting::grant(ctx, key, &qk.key, &holder, ttl_ms, tokens[i], now),
+            Some(_) => {
+                if let Some(ValueRef::Mutex(r)) = granting::value_of(key) {
+                    granting::replicate_state(ctx, &qk.key, r, expire_at);
+                }
+                key.set_abs_expire(expire_at);
+            }
+        }
+        bump(&STATS.handoffs);
+        notify_bytes(ctx, Event::Grant, &qk.key);
+        if st.waiters.len(qk) > 0 {
+            sync_expiry_timer(ctx, st, qk, key.abs_expire(), now);
+        }
+    }
+    st.undelivered.insert(client);
+    unblock(
+        client,
+        WaitReply::Granted {
+            grants: keys.into_iter().zip(tokens).collect(),
+            all: true,
+            holder,
+            client,
+            delivered: false,
+        },
+    );
+    opened.len()
+}
+
 // ----- blocked-client callbacks -----
 
 /// Runs in `beforeSleep` for every unblocked waiter: reply only.
@@ -323,7 +525,8 @@ extern "C" fn wait_reply(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
     // SAFETY: see above; nothing else touches it meanwhile.
     match unsafe { reply.as_mut() } {
         Some(WaitReply::Granted {
-            token,
+            grants,
+            all,
             delivered,
             client,
             ..
@@ -332,10 +535,16 @@ extern "C" fn wait_reply(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
             if let Some(mut st) = state() {
                 st.undelivered.remove(client);
             }
-            reply_integer(ctx, *token as i64);
+            if *all {
+                ffi::reply_array(ctx, grants.len());
+            }
+            for (_, token) in grants.iter() {
+                reply_integer(ctx, *token as i64);
+            }
         }
         Some(WaitReply::WrongType) => reply_error(ctx, errors::WRONGTYPE),
         Some(WaitReply::Redirect(to)) => reply_error(ctx, to),
+        Some(WaitReply::TimedOutAll) => ffi::reply_null(ctx),
         Some(WaitReply::TimedOut) | None => reply_integer(ctx, 0),
     }
     raw::REDISMODULE_OK as c_int
@@ -346,8 +555,15 @@ extern "C" fn wait_reply(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
 extern "C" fn wait_unblocked(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_int {
     // SAFETY: in a timeout callback the context carries the handle.
     let bc = unsafe { rm!(RedisModule_GetBlockedClientHandle)(ctx) };
+    let mut group = false;
     if let Some(mut st) = state() {
-        if let Some(id) = st.by_client.get(&BlockedClient(bc)).copied() {
+        if let Some(gid) = st.group_of_client.get(&BlockedClient(bc)).copied() {
+            group = true;
+            remove_group(ctx, &mut st, gid);
+            bump(&STATS.wait_timeouts);
+            // SAFETY: still blocked (it had a group); frees the handle.
+            unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
+        } else if let Some(id) = st.by_client.get(&BlockedClient(bc)).copied() {
             if remove_waiter(ctx, &mut st, id).is_some() {
                 bump(&STATS.wait_timeouts);
             }
@@ -356,7 +572,11 @@ extern "C" fn wait_unblocked(ctx: Ctx, _argv: *mut RString, _argc: c_int) -> c_i
             unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
         }
     }
-    reply_integer(ctx, 0);
+    if group {
+        ffi::reply_null(ctx);
+    } else {
+        reply_integer(ctx, 0);
+    }
     raw::REDISMODULE_OK as c_int
 }
 
@@ -393,22 +613,32 @@ extern "C" fn wait_disconnected(ctx: Ctx, bc: *mut raw::RedisModuleBlockedClient
             unsafe { rm!(RedisModule_GetBlockedClientPrivateData)(ctx) }.cast::<WaitReply>();
         // SAFETY: as above; nothing else touches it meanwhile.
         if let Some(WaitReply::Granted {
-            token,
-            key,
+            grants,
             holder,
             delivered,
             ..
         }) = unsafe { reply.as_mut() }
         {
             *delivered = true; // handled here: free_reply has nothing left to do
-            let orphan = Orphan {
-                key: key.clone(),
-                holder: holder.clone(),
-                token: *token,
-            };
+            let orphans: Vec<Orphan> = grants
+                .iter()
+                .map(|(key, token)| Orphan {
+                    key: key.clone(),
+                    holder: holder.clone(),
+                    token: *token,
+                })
+                .collect();
             drop(st);
-            release_orphan(ctx, orphan);
+            for orphan in orphans {
+                release_orphan(ctx, orphan);
+            }
         }
+        return;
+    }
+    if let Some(gid) = st.group_of_client.get(&client).copied() {
+        remove_group(ctx, &mut st, gid);
+        // SAFETY: still blocked; frees the handle.
+        unsafe { rm!(RedisModule_UnblockClient)(bc, ptr::null_mut()) };
         return;
     }
     if let Some(id) = st.by_client.get(&client).copied() {
@@ -450,17 +680,23 @@ extern "C" fn free_reply(ctx: Ctx, data: *mut c_void) {
     // SAFETY: `data` is the Box<WaitReply> passed to UnblockClient.
     let reply = unsafe { Box::from_raw(data.cast::<WaitReply>()) };
     if let WaitReply::Granted {
-        token,
-        key,
+        grants,
         holder,
         client,
         delivered,
+        ..
     } = *reply
     {
         if let Some(mut st) = state() {
             st.undelivered.remove(&client);
             if !delivered {
-                st.orphans.push(Orphan { key, holder, token });
+                for (key, token) in grants {
+                    st.orphans.push(Orphan {
+                        key,
+                        holder: holder.clone(),
+                        token,
+                    });
+                }
                 arm_pending_timer(ctx, &mut st);
             }
         }
@@ -681,10 +917,17 @@ fn fail_all(ctx: Ctx, st: &mut ModuleState, qk: &QueueKey, make: impl Fn() -> Wa
     let removed_all = st.waiters.drain(qk);
     let count = removed_all.len() as u64;
     for removed in removed_all {
-        forget_waiter(ctx, st, &removed.value);
         if let Some(meta) = removed.emptied {
             cancel_expiry_timer(ctx, meta);
         }
+        if let Some(gid) = removed.value.group {
+            // A WAITALL leaves its other queues too, with one reply.
+            if let Some(group) = remove_group(ctx, st, gid) {
+                unblock(group.client, make());
+            }
+            continue;
+        }
+        forget_waiter(ctx, st, &removed.value);
         unblock(removed.value.client, make());
     }
     st.publish_waiter_count();

@@ -411,29 +411,75 @@ pub fn lock_all(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Fa
     let limits = config::limits();
     let a = args::parse_lock_all(argv, limits)?;
     refuse_on_replica()?;
+    acquire_all(ctx, &a, &raw_args[3..], limits, None)
+}
+
+/// `RESERVE.WAITALL holder ttl timeout key [key ...]`: like LOCKALL when
+/// every key can be granted now; otherwise blocks on every key at once
+/// until all are granted together (it is then the oldest waiter on each),
+/// or the timeout: nil. Inside MULTI and scripts it behaves as LOCKALL.
+pub fn wait_all(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let limits = config::limits();
+    let w = args::parse_wait_all(argv, limits)?;
+    refuse_on_replica()?;
+    let may_block = context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING == 0;
+    let block = may_block.then_some(w.timeout_ms);
+    acquire_all(ctx, &w.all, &raw_args[4..], limits, block)
+}
+
+/// LOCKALL and WAITALL: every key or none. `block` is None for LOCKALL
+/// (nil when not all can be granted now), else WAITALL's timeout.
+fn acquire_all(
+    ctx: Ctx,
+    a: &args::LockAllArgs<'_>,
+    names: &[RString],
+    limits: args::Limits,
+    block: Option<Option<u64>>,
+) -> Result<(), Failure> {
     let now = now_ms();
     // Every key is opened (and looked at) before anything changes; opening
     // may expire a key and fire its notification, so before the state lock.
-    let keys: Vec<OpenKey> = raw_args[3..]
+    let keys: Vec<OpenKey> = names
         .iter()
         .map(|name| OpenKey::write(ctx, *name))
         .collect();
     let mut st = module_state()?;
     // Some(token): the holder's own, re-acquired; None: granted now.
     let mut held: Vec<Option<u64>> = Vec::with_capacity(keys.len());
+    let mut all_free = true;
     for (key, name) in keys.iter().zip(a.keys) {
         match current(key)? {
             Current::Held(r) if r.holder() == a.holder => held.push(Some(r.token())),
             Current::Free if waiters_on(ctx, &st, name).is_none() => held.push(None),
-            _ => {
-                bump(&STATS.contended);
-                reply_null(ctx);
-                return Ok(());
-            }
+            _ => all_free = false,
         }
     }
-    if held.iter().any(Option::is_none) && a.holder.len() > limits.max_holder_len {
-        return Err(errors::INVALID_HOLDER.into());
+    if held.iter().any(Option::is_none) || !all_free {
+        // A new grant now or later: the holder is a new holder.
+        if a.holder.len() > limits.max_holder_len {
+            return Err(errors::INVALID_HOLDER.into());
+        }
+    }
+    if !all_free {
+        return match block {
+            None => {
+                bump(&STATS.contended);
+                reply_null(ctx);
+                Ok(())
+            }
+            Some(timeout_ms) => {
+                let queues: Vec<QueueKey> = a.keys.iter().map(|k| queue_key(ctx, k)).collect();
+                let expires: Vec<Option<i64>> = keys.iter().map(OpenKey::abs_expire).collect();
+                let wait = WaitRequest {
+                    holder: a.holder,
+                    ttl_ms: a.ttl_ms,
+                    ask: Ask::EXCLUSIVE,
+                    timeout_ms,
+                };
+                blocking::block_group(ctx, &mut st, &queues, &expires, &wait, now)
+                    .map_err(Failure::from)
+            }
+        };
     }
     // Tokens first, so a counter at its ceiling changes nothing.
     let mut tokens = Vec::with_capacity(keys.len());
@@ -459,7 +505,7 @@ pub fn lock_all(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Fa
                 }
             }
         }
-        notify(ctx, Event::Lock, raw_args[3 + i]);
+        notify(ctx, Event::Lock, names[i]);
     }
     ffi::reply_array(ctx, tokens.len());
     for token in tokens {
@@ -799,6 +845,7 @@ entry_point!(renew_command, renew);
 entry_point!(release_command, release);
 entry_point!(wait_command, wait);
 entry_point!(lock_all_command, lock_all);
+entry_point!(wait_all_command, wait_all);
 entry_point!(info_command, info);
 entry_point!(set_state_command, set_state);
 entry_point!(set_grants_command, set_grants);

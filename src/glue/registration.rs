@@ -226,6 +226,23 @@ static COMMANDS: &[CommandSpec] = &[
         args: &[string_arg(c"holder"), double_arg(c"ttl"), key_arg(c"key"), rest_key_arg(c"key")],
     },
     CommandSpec {
+        name: c"RESERVE.WAITALL",
+        handler: commands::wait_all_command,
+        flags: c"write deny-oom blocking",
+        arity: -5,
+        keys: (4, -1),
+        key_flags: RW_KEY,
+        summary: c"Acquires every key for the holder (exclusive, each its own token and TTL), blocking on all of them at once until all are granted together or the timeout (seconds, 0 = forever). Replies with the tokens in key order, or nil on timeout.",
+        complexity: c"O(N) where N is the number of keys",
+        args: &[
+            string_arg(c"holder"),
+            double_arg(c"ttl"),
+            double_arg(c"timeout"),
+            key_arg(c"key"),
+            rest_key_arg(c"key"),
+        ],
+    },
+    CommandSpec {
         name: c"RESERVE.GUARD",
         handler: crate::glue::guard::guard_command,
         flags: c"write deny-oom getkeys-api",

@@ -117,6 +117,21 @@ pub struct Waiter {
     pub client: BlockedClient,
     /// The module timer that times this waiter out, if it has a timeout.
     pub timeout_timer: Option<u64>,
+    /// Set for one key's entry of a RESERVE.WAITALL: the client waits on
+    /// all of the group's keys at once.
+    pub group: Option<u64>,
+}
+
+/// One client blocked in RESERVE.WAITALL: an entry in each key's queue,
+/// granted all at once when it is the oldest on every key and every key is
+/// free for it (one arrival order serves every key, so no deadlock).
+#[derive(Debug)]
+pub struct Group {
+    pub client: BlockedClient,
+    pub holder: Box<[u8]>,
+    pub ttl_ms: u64,
+    pub members: Vec<(QueueKey, WaiterId)>,
+    pub timeout_timer: Option<u64>,
 }
 
 /// Per-queue glue data: the timer armed at the key's expiry, so a waiter
@@ -153,6 +168,10 @@ pub struct ModuleState {
     /// Keys holding grant sets, with the timer armed at their earliest
     /// grant's expiry (id, fire-at ms): one timer per key, not per grant.
     pub set_timers: HashMap<QueueKey, (u64, i64)>,
+    /// RESERVE.WAITALL clients by group id, and the group of each client.
+    pub groups: HashMap<u64, Group>,
+    pub group_of_client: HashMap<BlockedClient, u64>,
+    pub next_group: u64,
 }
 
 impl ModuleState {
