@@ -598,3 +598,36 @@ fn keyspace_events_for_every_grant_and_end() {
         ]
     );
 }
+
+#[test]
+fn when_the_head_leaves_the_next_waiter_that_fits_is_granted() {
+    let server = Server::start();
+    let mut c = server.conn();
+    lock(&mut c, &["pool", "a", "30", "LIMIT", "3", "PERMITS", "2"]);
+    // `big` needs 2 of the 1 left; `small` would fit but waits behind it.
+    let mut big_conn = server.conn();
+    let big = std::thread::spawn(move || {
+        command(&[
+            "RESERVE.WAIT",
+            "pool",
+            "big",
+            "30",
+            "0.3",
+            "LIMIT",
+            "3",
+            "PERMITS",
+            "2",
+        ])
+        .query::<i64>(&mut big_conn)
+    });
+    wait_until(DEADLINE, "big queued", || {
+        info(&mut c, "pool").is_some_and(|i| i.queue() == ["big"])
+    });
+    let small = Waiter::queue(&server, &mut c, "pool", "small", &["LIMIT", "3"]);
+    assert!(small.still_waiting(), "head of line");
+    // The head times out: the one behind it now fits, with no other event.
+    assert_eq!(big.join().unwrap().unwrap(), 0);
+    assert!(small.granted() > 0);
+    let i = info(&mut c, "pool").unwrap();
+    assert_eq!(i.holder_names(), vec!["a", "small"]);
+}

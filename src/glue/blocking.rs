@@ -313,13 +313,26 @@ fn waiter_timer_data(id: WaiterId) -> *mut c_void {
 
 /// Takes a waiter out of its queue for good (timeout, disconnect, unblock).
 fn remove_waiter(ctx: Ctx, st: &mut ModuleState, id: WaiterId) -> Option<Waiter> {
-    let Removed { value, emptied, .. } = st.waiters.remove(id)?;
+    let Removed {
+        value,
+        emptied,
+        key,
+        ..
+    } = st.waiters.remove(id)?;
     forget_waiter(ctx, st, &value);
-    if let Some(meta) = emptied {
-        cancel_expiry_timer(ctx, meta);
-    }
+    after_leaving(ctx, st, key, emptied);
     st.publish_waiter_count();
     Some(value)
+}
+
+/// A waiter left `key`'s queue without a grant. If others still wait, the
+/// next may fit now (a head that needed more permits than are free kept
+/// them waiting): look at the key once this callback is over.
+fn after_leaving(ctx: Ctx, st: &mut ModuleState, key: QueueKey, emptied: Option<QueueMeta>) {
+    match emptied {
+        Some(meta) => cancel_expiry_timer(ctx, meta),
+        None => schedule_check(ctx, st, key),
+    }
 }
 
 // ----- RESERVE.WAITALL: one client queued on several keys -----
@@ -409,12 +422,8 @@ fn remove_group(ctx: Ctx, st: &mut ModuleState, gid: u64) -> Option<Group> {
         let _ = stop_timer(ctx, timer);
     }
     for (_, id) in &group.members {
-        if let Some(Removed {
-            emptied: Some(meta),
-            ..
-        }) = st.waiters.remove(*id)
-        {
-            cancel_expiry_timer(ctx, meta);
+        if let Some(Removed { emptied, key, .. }) = st.waiters.remove(*id) {
+            after_leaving(ctx, st, key, emptied);
         }
     }
     st.publish_waiter_count();
