@@ -9,7 +9,7 @@
 //! TTLs are long, so nothing expires during a run (expiry has its own
 //! tests in tests/shared.rs). `RESERVATION_MODEL_OPS` sets the length.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
@@ -17,12 +17,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testkit::cmd::{command, to_reply, Reply};
 use testkit::redis::{Connection, Value};
-use testkit::{wait_until, Server, DEADLINE};
+use testkit::{client_id, wait_until, Server, DEADLINE};
 
 const KEYS: [&str; 2] = ["m:a", "m:b"];
 const HOLDERS: usize = 5;
 /// In the model's grant order, the command's own grant (not a waiter's).
 const OWN: usize = usize::MAX;
+/// In the model's grant order, a RESERVE.WAITALL granted all its keys.
+const GROUP: usize = usize::MAX - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -38,6 +40,12 @@ struct Ask {
 }
 
 impl Ask {
+    const EXCLUSIVE: Ask = Ask {
+        mode: Mode::Exclusive,
+        permits: 1,
+        limit: None,
+    };
+
     fn args(&self) -> Vec<String> {
         let mut v = Vec::new();
         match (self.mode, self.limit) {
@@ -114,6 +122,12 @@ impl Key {
         self.fits(&ask, None)
     }
 
+    /// The key is `h`'s plain mutex (what LOCKALL/WAITALL re-acquire).
+    fn plain_mutex_of(&self, h: usize) -> bool {
+        matches!(self.grants.as_slice(), [g] if g.holder == h && g.mode == Mode::Exclusive)
+            && self.limit == 0
+    }
+
     fn find(&self, h: usize) -> Option<&Grant> {
         self.grants.iter().find(|g| g.holder == h)
     }
@@ -147,6 +161,11 @@ struct Model {
     /// grant order: (key, holder) for waiters, (OWN, holder) for the
     /// command's own.
     pending_waiters: Vec<(usize, usize)>,
+    /// Holders blocked in RESERVE.WAITALL, with their keys in order.
+    groups: HashMap<usize, [usize; 2]>,
+    /// For a WAITALL granted: each key in order, and the holder's own token
+    /// when it already held that key (re-acquired) rather than a new one.
+    group_grants: HashMap<usize, Vec<(usize, Option<i64>)>>,
 }
 
 impl Model {
@@ -189,6 +208,35 @@ impl Model {
             let Some(&(h, ask)) = key.queue.front() else {
                 break;
             };
+            if let Some(&order) = self.groups.get(&h) {
+                // All its keys at once, or none: it must be the oldest
+                // waiter on each, and each free for it.
+                let ready = order.iter().all(|&i| {
+                    let key = &self.keys[i];
+                    key.queue.front().is_some_and(|&(front, _)| front == h)
+                        && (key.grants.is_empty() || key.plain_mutex_of(h))
+                });
+                if !ready {
+                    break;
+                }
+                self.groups.remove(&h);
+                let mut grants = Vec::new();
+                for &i in &order {
+                    self.keys[i].queue.pop_front();
+                    let own = self.keys[i].find(h).map(|g| g.token);
+                    if own.is_none() {
+                        self.keys[i].limit = 0;
+                        self.grant(i, h, Ask::EXCLUSIVE);
+                    }
+                    if self.keys[i].queue.is_empty() {
+                        self.keys[i].queue_limit = None;
+                    }
+                    grants.push((i, own));
+                }
+                self.group_grants.insert(h, grants);
+                self.pending_waiters.push((GROUP, h));
+                break;
+            }
             if !key.fits_queued(&ask) {
                 break;
             }
@@ -208,6 +256,22 @@ impl Model {
         }
         if self.keys[k].queue.is_empty() {
             self.keys[k].queue_limit = None;
+        }
+    }
+
+    /// A waiter that leaves every queue without a grant (CLIENT UNBLOCK):
+    /// the server then looks at those keys again.
+    fn leave(&mut self, h: usize) {
+        self.groups.remove(&h);
+        for k in 0..self.keys.len() {
+            let before = self.keys[k].queue.len();
+            self.keys[k].queue.retain(|&(w, _)| w != h);
+            if self.keys[k].queue.len() != before {
+                if self.keys[k].queue.is_empty() {
+                    self.keys[k].queue_limit = None;
+                }
+                self.admit(k);
+            }
         }
     }
 
@@ -288,6 +352,10 @@ struct Client {
     conn: Connection,
     /// A WAIT in flight, answered on this channel.
     pending: Option<Receiver<Reply>>,
+    /// A WAITALL in flight.
+    pending_all: Option<Receiver<Result<Value, String>>>,
+    /// The blocked connection's client id (for CLIENT UNBLOCK).
+    blocked_id: i64,
 }
 
 fn holder_name(h: usize) -> String {
@@ -384,12 +452,16 @@ fn shared_grants_follow_the_model() {
             Client {
                 conn,
                 pending: None,
+                pending_all: None,
+                blocked_id: 0,
             }
         })
         .collect();
     let mut model = Model {
         keys: (0..KEYS.len()).map(|_| Key::default()).collect(),
         pending_waiters: Vec::new(),
+        groups: HashMap::new(),
+        group_grants: HashMap::new(),
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut last_token = 0i64;
@@ -403,15 +475,31 @@ fn shared_grants_follow_the_model() {
         );
         last_token = t;
     };
-    for step in 0..ops {
+    // After the random commands, a drain: release every grant, one per
+    // step, until nothing is held or queued. A waiter left queued while
+    // nothing is held could only be one that can never fit (more permits
+    // than the latest LIMIT): it is unblocked; anything else is stuck (a
+    // deadlock), and the test fails.
+    let drain_steps = ops + 4 * HOLDERS * KEYS.len();
+    let mut drained = false;
+    // WAITALLs blocked, WAITALLs granted, drain steps: shown at the end.
+    let mut counts = (0usize, 0usize, 0usize);
+    for step in 0..drain_steps {
+        if drained {
+            break;
+        }
         let k = rng.gen_range(0..KEYS.len());
         let key = KEYS[k];
         let free: Vec<usize> = (0..HOLDERS)
-            .filter(|&h| clients[h].pending.is_none())
+            .filter(|&h| clients[h].pending.is_none() && clients[h].pending_all.is_none())
             .collect();
         let what;
         let mut own_token: Option<(usize, i64)> = None;
-        if free.is_empty() || rng.gen_bool(0.08) {
+        if step >= ops {
+            what = drain_step(&mut model, &mut clients, &mut ctl, step);
+            drained = what.is_empty();
+            counts.2 += 1;
+        } else if free.is_empty() || rng.gen_bool(0.08) {
             what = format!("DEL {key}");
             let _: i64 = redis::cmd("DEL").arg(key).query(&mut ctl).unwrap();
             model.keys[k].grants.clear();
@@ -448,48 +536,66 @@ fn shared_grants_follow_the_model() {
                     }
                 }
                 5 if rng.gen_bool(0.3) => {
-                    // Both keys at once, exclusive, in a random order.
+                    // Both keys at once, exclusive, in a random order:
+                    // LOCKALL, or WAITALL that blocks when not all are free.
                     let order: [usize; 2] = if rng.gen_bool(0.5) { [0, 1] } else { [1, 0] };
-                    what = format!("LOCKALL {name} {} {}", KEYS[order[0]], KEYS[order[1]]);
-                    let plain_mine = |key: &Key| {
-                        matches!(key.grants.as_slice(), [g] if g.holder == h && g.mode == Mode::Exclusive)
-                            && key.limit == 0
+                    let wait = rng.gen_bool(0.5);
+                    let verb = if wait {
+                        "RESERVE.WAITALL"
+                    } else {
+                        "RESERVE.LOCKALL"
                     };
+                    what = format!("{verb} {name} {} {}", KEYS[order[0]], KEYS[order[1]]);
                     let fits = order.iter().all(|&i| {
                         let key = &model.keys[i];
-                        plain_mine(key) || (key.grants.is_empty() && key.queue.is_empty())
+                        key.plain_mutex_of(h) || (key.grants.is_empty() && key.queue.is_empty())
                     });
-                    let reply = command(&[
-                        "RESERVE.LOCKALL",
-                        &name,
-                        "600",
-                        KEYS[order[0]],
-                        KEYS[order[1]],
-                    ])
-                    .query::<Value>(&mut clients[h].conn)
-                    .unwrap();
-                    if !fits {
-                        assert_eq!(reply, Value::Nil, "step {step}: {what}");
+                    let mut argv = vec![verb, &name, "600"];
+                    if wait {
+                        argv.push("0");
+                    }
+                    argv.extend([KEYS[order[0]], KEYS[order[1]]]);
+                    if wait && !fits {
+                        clients[h].blocked_id = client_id(&mut clients[h].conn);
+                        let mut conn = std::mem::replace(&mut clients[h].conn, server.conn());
+                        let cmd = command(&argv);
+                        let (tx, rx) = mpsc::channel();
+                        std::thread::spawn(move || {
+                            let reply = cmd.query::<Value>(&mut conn).map_err(|e| e.to_string());
+                            let _ = tx.send(reply);
+                        });
+                        clients[h].pending_all = Some(rx);
+                        for &i in &order {
+                            model.keys[i].queue.push_back((h, Ask::EXCLUSIVE));
+                        }
+                        model.groups.insert(h, order);
+                        counts.0 += 1;
+                        let queued: usize = model.keys.iter().map(|k| k.queue.len()).sum();
+                        wait_until(DEADLINE, &format!("{what} queued"), || {
+                            testkit::reservation_info(&mut ctl)["waiters"] == queued as u64
+                        });
                     } else {
-                        let Value::Array(got) = reply else {
-                            panic!("step {step}: {what}: {reply:?}")
-                        };
-                        for (&i, t) in order.iter().zip(got) {
-                            let Value::Int(t) = t else { panic!("{t:?}") };
-                            match model.keys[i].find(h).map(|g| g.token) {
-                                Some(own) => assert_eq!(t, own, "step {step}: {what}: re-acquire"),
-                                None => {
-                                    fresh(t, &what);
-                                    let ask = Ask {
-                                        mode: Mode::Exclusive,
-                                        permits: 1,
-                                        limit: None,
-                                    };
-                                    model.grant(i, h, ask);
-                                    if let Some(g) =
-                                        model.keys[i].grants.iter_mut().find(|g| g.holder == h)
-                                    {
-                                        g.token = t;
+                        let reply = command(&argv).query::<Value>(&mut clients[h].conn).unwrap();
+                        if !fits {
+                            assert_eq!(reply, Value::Nil, "step {step}: {what}");
+                        } else {
+                            let Value::Array(got) = reply else {
+                                panic!("step {step}: {what}: {reply:?}")
+                            };
+                            for (&i, t) in order.iter().zip(got) {
+                                let Value::Int(t) = t else { panic!("{t:?}") };
+                                match model.keys[i].find(h).map(|g| g.token) {
+                                    Some(own) => {
+                                        assert_eq!(t, own, "step {step}: {what}: re-acquire")
+                                    }
+                                    None => {
+                                        fresh(t, &what);
+                                        model.grant(i, h, Ask::EXCLUSIVE);
+                                        if let Some(g) =
+                                            model.keys[i].grants.iter_mut().find(|g| g.holder == h)
+                                        {
+                                            g.token = t;
+                                        }
                                     }
                                 }
                             }
@@ -505,6 +611,7 @@ fn shared_grants_follow_the_model() {
                         .clone();
                     match expect {
                         Expect::Blocks => {
+                            clients[h].blocked_id = client_id(&mut clients[h].conn);
                             let mut conn = std::mem::replace(&mut clients[h].conn, server.conn());
                             let (tx, rx) = mpsc::channel();
                             std::thread::spawn(move || {
@@ -611,6 +718,36 @@ fn shared_grants_follow_the_model() {
         // Waiters the model granted, in grant order: each gets a fresh
         // token, higher than every earlier one.
         for (wk, wh) in std::mem::take(&mut model.pending_waiters) {
+            if wk == GROUP {
+                let rx = clients[wh]
+                    .pending_all
+                    .take()
+                    .unwrap_or_else(|| panic!("step {step}: h{wh} was not in WAITALL"));
+                let reply = rx.recv_timeout(DEADLINE);
+                let Ok(Ok(Value::Array(items))) = reply else {
+                    panic!("step {step}: after {what}: WAITALL of h{wh}: {reply:?} (seed {seed})")
+                };
+                let grants = model.group_grants.remove(&wh).expect("group grants");
+                counts.1 += 1;
+                assert_eq!(items.len(), grants.len());
+                for ((i, own), item) in grants.into_iter().zip(items) {
+                    let Value::Int(t) = item else {
+                        panic!("{item:?}")
+                    };
+                    match own {
+                        Some(own) => assert_eq!(t, own, "step {step}: WAITALL re-acquire"),
+                        None => {
+                            fresh(t, &format!("WAITALL grant to h{wh}"));
+                            if let Some(g) =
+                                model.keys[i].grants.iter_mut().find(|g| g.holder == wh)
+                            {
+                                g.token = t;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             if wk == OWN {
                 let (ok, t) = own_token.take().expect("the command's own token");
                 fresh(t, &what);
@@ -669,4 +806,59 @@ fn shared_grants_follow_the_model() {
             );
         }
     }
+    assert!(
+        drained,
+        "the drain did not finish (seed {seed}): {:?}",
+        model.keys
+    );
+    assert_eq!(testkit::reservation_info(&mut ctl)["waiters"], 0);
+    eprintln!(
+        "model_shared: {ops} steps, {} WAITALLs blocked, {} granted while blocked; {} drain steps (seed {seed})",
+        counts.0, counts.1, counts.2
+    );
+}
+
+/// One drain step: release the oldest grant of the first key that holds
+/// one, or unblock a waiter that can never fit when nothing is held.
+/// Returns what it did, empty when there is nothing left.
+fn drain_step(
+    model: &mut Model,
+    clients: &mut [Client],
+    ctl: &mut Connection,
+    step: usize,
+) -> String {
+    if let Some(i) = (0..KEYS.len()).find(|&i| !model.keys[i].grants.is_empty()) {
+        let g = model.keys[i].grants[0].holder;
+        let released: i64 = redis::cmd("RESERVE.RELEASE")
+            .arg(KEYS[i])
+            .arg(holder_name(g))
+            .query(ctl)
+            .unwrap();
+        assert_eq!(released, 1, "step {step}: drain release");
+        model.keys[i].grants.retain(|x| x.holder != g);
+        model.after_removal(i);
+        return format!("drain RELEASE {} {}", KEYS[i], holder_name(g));
+    }
+    let stuck = (0..KEYS.len()).find_map(|i| {
+        let &(h, ask) = model.keys[i].queue.front()?;
+        (!model.groups.contains_key(&h) && !model.keys[i].fits_queued(&ask)).then_some(h)
+    });
+    let Some(h) = stuck else {
+        let queued: Vec<_> = model.keys.iter().map(|k| k.queue.clone()).collect();
+        assert!(
+            queued.iter().all(VecDeque::is_empty),
+            "step {step}: nothing held, yet waiters stay queued: {queued:?}"
+        );
+        return String::new();
+    };
+    let unblocked: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(clients[h].blocked_id)
+        .query(ctl)
+        .unwrap();
+    assert_eq!(unblocked, 1, "step {step}: CLIENT UNBLOCK h{h}");
+    let rx = clients[h].pending.take().expect("a blocked WAIT");
+    assert!(matches!(rx.recv_timeout(DEADLINE), Ok(Reply::Int(0))));
+    model.leave(h);
+    format!("drain CLIENT UNBLOCK h{h} (can never fit)")
 }
