@@ -348,3 +348,22 @@ fn waitall_grants_replicate() {
         );
     }
 }
+
+#[test]
+fn grants_survive_a_crash_with_the_aof() {
+    let mut server = Server::with(testkit::Config::default().aof());
+    let mut c = server.conn();
+    let t = tokens(lock_all(&mut c, "w", "600", &["a", "b"]).unwrap());
+    let expiry = int(&mut c, &["PEXPIRETIME", "b"]);
+    drop(c);
+    server.kill9();
+    server.restart();
+    let mut c = server.conn();
+    assert_eq!(
+        tokens(lock_all(&mut c, "w", "600", &["a", "b"]).unwrap()),
+        t,
+        "same grants"
+    );
+    assert!(int(&mut c, &["PEXPIRETIME", "b"]) >= expiry);
+    assert_eq!(lock_all(&mut c, "other", "600", &["a"]), Ok(Value::Nil));
+}
