@@ -37,7 +37,7 @@ use crate::builder::ReservationManagerBuilder;
 use crate::conn::Target;
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
-use crate::core::lost::LostReservation;
+use crate::core::lost::{LostReason, LostReservation};
 use crate::core::protocol::{self, Access, ReservationInfo, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
@@ -278,33 +278,77 @@ impl AsyncReservationManager {
         access: Access,
     ) -> Result<Option<AsyncReservation>, Error> {
         let s = &self.inner.settings;
-        let claim = Claim::with_access(s, resource, access);
+        self.lock_claim(Claim::with_access(s, resource, access))
+            .await
+    }
+
+    /// Takes every resource at once or none (`RESERVE.LOCKALL`); see
+    /// [`ReservationManager::lock_all`](crate::ReservationManager::lock_all).
+    pub async fn lock_all(&self, resources: &[&str]) -> Result<Option<AsyncReservation>, Error> {
+        if resources.is_empty() {
+            return Err(Error::InvalidConfig(
+                "lock_all needs at least one resource".into(),
+            ));
+        }
+        self.lock_claim(Claim::all(&self.inner.settings, resources))
+            .await
+    }
+
+    /// Waits for every resource at once (`RESERVE.WAITALL`); see
+    /// [`ReservationManager::wait_all`](crate::ReservationManager::wait_all).
+    pub async fn wait_all(
+        &self,
+        resources: &[&str],
+        timeout: Option<Duration>,
+    ) -> Result<Option<AsyncReservation>, Error> {
+        if resources.is_empty() {
+            return Err(Error::InvalidConfig(
+                "wait_all needs at least one resource".into(),
+            ));
+        }
+        let s = &self.inner.settings;
+        match timeout {
+            Some(t) if t.is_zero() => self.lock_all(resources).await,
+            Some(t) => self.wait_claim(Claim::all(s, resources), Some(t)).await,
+            None => loop {
+                if let Some(r) = self.wait_claim(Claim::all(s, resources), None).await? {
+                    return Ok(Some(r));
+                }
+            },
+        }
+    }
+
+    async fn lock_claim(&self, claim: Claim) -> Result<Option<AsyncReservation>, Error> {
+        let s = &self.inner.settings;
         let lock = claim.lock_cmd(s);
         let mut attempt = 0;
-        let token = loop {
+        let tokens = loop {
             attempt += 1;
             let mut conn = self.inner.conn().await?;
-            match within(s.command_timeout, conn.query::<u64>(&lock)).await {
-                Ok(token) => break token,
+            let reply = within(s.command_timeout, conn.query::<redis::Value>(&lock))
+                .await
+                .and_then(protocol::grant_reply);
+            match reply {
+                Ok(tokens) => break tokens,
                 Err(e) if is_connection_error(&e) => {
                     self.inner.invalidate().await;
                     if attempt < 2 {
                         continue;
                     }
                     // The grant may have happened; the holder is unique.
-                    let _ = self.inner.release(&claim.release_cmd(None)).await;
+                    self.inner.release_all(&claim.release_cmds(None)).await;
                     return Err(Error::from_redis(e));
                 }
                 Err(e) => return Err(Error::from_redis(e)),
             }
         };
         let granted_at = Instant::now();
-        let Some(token) = claim.lock_reply(s, token) else {
+        let Some(tokens) = claim.lock_reply(s, tokens) else {
             return Ok(None);
         };
         // From here on the reservation exists: if this future is dropped
         // while the replicas are asked, its Drop releases it.
-        let reservation = AsyncReservation::start(self.inner.clone(), claim, token, granted_at);
+        let reservation = AsyncReservation::start(self.inner.clone(), claim, &tokens, granted_at);
         if let Some((replicas, timeout)) = s.replica_ack {
             let mut conn = self.inner.conn().await?;
             let limit = s.command_timeout.map(|t| t.max(timeout + WAIT_SLACK));
@@ -362,8 +406,17 @@ impl AsyncReservationManager {
         access: Access,
         timeout: Option<Duration>,
     ) -> Result<Option<AsyncReservation>, Error> {
+        let claim = Claim::with_access(&self.inner.settings, resource, access);
+        self.wait_claim(claim, timeout).await
+    }
+
+    async fn wait_claim(
+        &self,
+        claim: Claim,
+        timeout: Option<Duration>,
+    ) -> Result<Option<AsyncReservation>, Error> {
         let s = &self.inner.settings;
-        let mut wait = Wait::new(s, resource, access, timeout, Instant::now());
+        let mut wait = Wait::for_claim(s, claim, timeout, Instant::now());
         let mut conn: Option<AsyncConn> = None;
         loop {
             let attempt = wait.attempt(s, Instant::now());
@@ -379,17 +432,19 @@ impl AsyncReservationManager {
                 },
             };
             let sent = Instant::now();
-            let reply = within(attempt.read_timeout, c.query::<u64>(&attempt.cmd)).await;
+            let reply = within(attempt.read_timeout, c.query::<redis::Value>(&attempt.cmd))
+                .await
+                .and_then(protocol::grant_reply);
             match reply {
-                Ok(token) => {
-                    let Some(token) = wait.reply(s, token) else {
+                Ok(tokens) => {
+                    let Some(tokens) = wait.reply(s, tokens) else {
                         return Ok(None);
                     };
                     let granted_at = Instant::now();
                     let reservation = AsyncReservation::start(
                         self.inner.clone(),
                         wait.into_claim(),
-                        token,
+                        &tokens,
                         granted_at,
                     );
                     if let Some((replicas, timeout)) = s.replica_ack {
@@ -457,6 +512,15 @@ impl Inner {
         let released: i64 = self.run(cmd).await?;
         Ok(protocol::done(released))
     }
+
+    /// Several RELEASEs, best effort: did every one release?
+    async fn release_all(&self, cmds: &[Cmd]) -> bool {
+        let mut all = true;
+        for cmd in cmds {
+            all &= matches!(self.release(cmd).await, Ok(true));
+        }
+        all
+    }
 }
 
 /// A held reservation (async). See
@@ -474,14 +538,23 @@ struct State {
 }
 
 impl State {
+    /// Renews every key; held only if all still are.
     async fn renew(&self) -> Result<bool, Error> {
-        let renew = self.grant.renew_cmd(&self.inner.settings);
-        let renewed: i64 = self.inner.run(&renew).await?;
-        Ok(protocol::done(renewed))
+        let mut held = true;
+        for renew in self.grant.renew_cmds(&self.inner.settings) {
+            let renewed: i64 = self.inner.run(&renew).await?;
+            held &= protocol::done(renewed);
+        }
+        Ok(held)
     }
 
+    /// Releases every key; released only if all were still held.
     async fn release(&self) -> Result<bool, Error> {
-        self.inner.release(&self.grant.release_cmd()).await
+        let mut released = true;
+        for release in self.grant.release_cmds() {
+            released &= self.inner.release(&release).await?;
+        }
+        Ok(released)
     }
 }
 
@@ -492,8 +565,13 @@ impl std::fmt::Debug for AsyncReservation {
 }
 
 impl AsyncReservation {
-    fn start(inner: Arc<Inner>, claim: Claim, token: u64, granted_at: Instant) -> AsyncReservation {
-        let grant = claim.granted(&inner.settings, token);
+    fn start(
+        inner: Arc<Inner>,
+        claim: Claim,
+        tokens: &[u64],
+        granted_at: Instant,
+    ) -> AsyncReservation {
+        let grant = claim.granted(&inner.settings, tokens);
         let state = Arc::new(State { inner, grant });
         let heartbeat = tokio::spawn(heartbeat(state.clone(), granted_at));
         AsyncReservation {
@@ -537,6 +615,30 @@ impl AsyncReservation {
     /// How it is held: exclusive, shared, or permits of a semaphore.
     pub fn access(&self) -> Access {
         self.state.grant.access
+    }
+
+    /// Every key held with their tokens, the first first.
+    pub fn keys(&self) -> Vec<(&str, u64)> {
+        self.state.grant.keys()
+    }
+
+    /// A fenced write (`RESERVE.GUARD`); see
+    /// [`Reservation::guard`](crate::Reservation::guard).
+    pub async fn guard<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, Error> {
+        let guard = self.state.grant.guard_cmd(command);
+        let reply: RedisResult<T> = match self.state.inner.conn().await {
+            Ok(mut conn) => conn.query(&guard).await,
+            Err(e) => return Err(e),
+        };
+        reply.map_err(|e| {
+            if e.code() == Some("FENCED") {
+                self.state
+                    .grant
+                    .mark_lost(&self.state.inner.settings, LostReason::NotHeld);
+                return Error::Lost;
+            }
+            Error::from_redis(e)
+        })
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.

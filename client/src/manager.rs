@@ -16,7 +16,7 @@ use crate::builder::ReservationManagerBuilder;
 use crate::conn::{Conn, Target};
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
-use crate::core::lost::LostReservation;
+use crate::core::lost::{LostReason, LostReservation};
 use crate::core::protocol::{self, Access, ReservationInfo};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
@@ -182,19 +182,24 @@ impl ReservationManager {
 
     fn lock_impl(&self, resource: &str, access: Access) -> Result<Option<Reservation>, Error> {
         let s = &self.inner.settings;
-        let claim = Claim::with_access(s, resource, access);
+        self.lock_claim(Claim::with_access(s, resource, access))
+    }
+
+    fn lock_claim(&self, claim: Claim) -> Result<Option<Reservation>, Error> {
+        let s = &self.inner.settings;
         let lock = claim.lock_cmd(s);
         let result = self.inner.with_conn(true, |conn| {
-            let token: u64 = conn.query(&lock)?;
+            let reply: redis::Value = conn.query(&lock)?;
+            let tokens = protocol::grant_reply(reply)?;
             let acked = match s.replica_ack {
-                Some((replicas, timeout)) if token != 0 => {
+                Some((replicas, timeout)) if tokens.is_some() => {
                     Some(conn.wait_replicas(&claim.key, replicas, timeout, s.command_timeout)?)
                 }
                 _ => None,
             };
-            Ok((token, acked, Instant::now()))
+            Ok((tokens, acked, Instant::now()))
         });
-        let (token, acked, granted_at) = match result {
+        let (tokens, acked, granted_at) = match result {
             Ok(r) => r,
             Err(e) => {
                 if e.is_connection_error()
@@ -203,21 +208,62 @@ impl ReservationManager {
                     // The grant may have happened before the error: the
                     // holder is unique to this attempt, so releasing by
                     // holder alone frees nothing of anyone else's.
-                    let _ = self.inner.release(&claim.release_cmd(None));
+                    self.inner.release_all(&claim.release_cmds(None));
                 }
                 return Err(e);
             }
         };
-        let Some(token) = claim.lock_reply(s, token) else {
+        let Some(tokens) = claim.lock_reply(s, tokens) else {
             return Ok(None);
         };
-        self.inner.check_ack(&claim, token, acked)?;
+        self.inner.check_ack(&claim, &tokens, acked)?;
         Ok(Some(Reservation::start(
             self.inner.clone(),
             claim,
-            token,
+            &tokens,
             granted_at,
         )))
+    }
+
+    /// Takes every resource at once, each an exclusive reservation with its
+    /// own token, or none (`RESERVE.LOCKALL`): `Ok(None)` when any is held
+    /// by someone else or has others waiting. One handle for the set: one
+    /// heartbeat renews every key, one lost signal, and dropping it
+    /// releases them all. At most 1000 resources, none twice.
+    pub fn lock_all(&self, resources: &[&str]) -> Result<Option<Reservation>, Error> {
+        if resources.is_empty() {
+            return Err(Error::InvalidConfig(
+                "lock_all needs at least one resource".into(),
+            ));
+        }
+        self.lock_claim(Claim::all(&self.inner.settings, resources))
+    }
+
+    /// Waits for every resource at once (`RESERVE.WAITALL`): queued on all
+    /// of them, granted all together when it is the oldest waiter on each,
+    /// so two callers naming the same resources in any order cannot
+    /// deadlock. `timeout` `None`: as long as it takes; `Ok(None)` once a
+    /// timeout passes. The same one handle as [`lock_all`](Self::lock_all).
+    pub fn wait_all(
+        &self,
+        resources: &[&str],
+        timeout: Option<Duration>,
+    ) -> Result<Option<Reservation>, Error> {
+        if resources.is_empty() {
+            return Err(Error::InvalidConfig(
+                "wait_all needs at least one resource".into(),
+            ));
+        }
+        let s = &self.inner.settings;
+        match timeout {
+            Some(t) if t.is_zero() => self.lock_all(resources),
+            Some(t) => self.wait_claim(Claim::all(s, resources), Some(t)),
+            None => loop {
+                if let Some(r) = self.wait_claim(Claim::all(s, resources), None)? {
+                    return Ok(Some(r));
+                }
+            },
+        }
     }
 
     /// Waits as long as it takes to take `resource` (`RESERVE.WAIT` with no
@@ -267,8 +313,17 @@ impl ReservationManager {
         access: Access,
         timeout: Option<Duration>,
     ) -> Result<Option<Reservation>, Error> {
+        let claim = Claim::with_access(&self.inner.settings, resource, access);
+        self.wait_claim(claim, timeout)
+    }
+
+    fn wait_claim(
+        &self,
+        claim: Claim,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Reservation>, Error> {
         let s = &self.inner.settings;
-        let mut wait = Wait::new(s, resource, access, timeout, Instant::now());
+        let mut wait = Wait::for_claim(s, claim, timeout, Instant::now());
         let mut conn: Option<Conn> = None;
         loop {
             let attempt = wait.attempt(s, Instant::now());
@@ -290,10 +345,12 @@ impl ReservationManager {
                 }
             };
             let sent = Instant::now();
-            let reply: RedisResult<u64> = c.query(&attempt.cmd);
+            let reply: RedisResult<Option<Vec<u64>>> = c
+                .query::<redis::Value>(&attempt.cmd)
+                .and_then(protocol::grant_reply);
             match reply {
-                Ok(token) => {
-                    let Some(token) = wait.reply(s, token) else {
+                Ok(tokens) => {
+                    let Some(tokens) = wait.reply(s, tokens) else {
                         return Ok(None);
                     };
                     let granted_at = Instant::now();
@@ -303,7 +360,7 @@ impl ReservationManager {
                             match c.wait_replicas(&claim.key, replicas, timeout, None) {
                                 Ok(got) => Some(got),
                                 Err(e) => {
-                                    let _ = self.inner.release(&claim.release_cmd(Some(token)));
+                                    self.inner.release_all(&claim.release_cmds(Some(&tokens)));
                                     return Err(Error::from_redis(e));
                                 }
                             }
@@ -311,11 +368,11 @@ impl ReservationManager {
                         None => None,
                     };
                     drop(conn);
-                    self.inner.check_ack(&claim, token, acked)?;
+                    self.inner.check_ack(&claim, &tokens, acked)?;
                     return Ok(Some(Reservation::start(
                         self.inner.clone(),
                         claim,
-                        token,
+                        &tokens,
                         granted_at,
                     )));
                 }
@@ -379,19 +436,26 @@ impl Inner {
         Ok(protocol::done(released))
     }
 
+    /// Several RELEASEs: did every one release? All are sent whatever
+    /// the others answer.
+    fn release_all(&self, cmds: &[redis::Cmd]) -> bool {
+        let mut all = true;
+        for cmd in cmds {
+            all &= matches!(self.release(cmd), Ok(true));
+        }
+        all
+    }
+
     /// Releases the grant and fails when too few replicas acknowledged it.
-    fn check_ack(&self, claim: &Claim, token: u64, acked: Option<usize>) -> Result<(), Error> {
+    fn check_ack(&self, claim: &Claim, tokens: &[u64], acked: Option<usize>) -> Result<(), Error> {
         let Some(got) = acked else {
             return Ok(());
         };
         replica_verdict(&self.settings, &claim.key, got).inspect_err(|_| {
-            if let Err(e) = self.release(&claim.release_cmd(Some(token))) {
+            if !self.release_all(&claim.release_cmds(Some(tokens))) {
                 self.settings.log(
                     Level::Warn,
-                    &format!(
-                        "{}: releasing the unacknowledged grant failed: {e}",
-                        claim.key
-                    ),
+                    &format!("{}: releasing the unacknowledged grant failed", claim.key),
                 );
             }
         })
@@ -422,14 +486,23 @@ struct State {
 }
 
 impl State {
+    /// Renews every key; held only if all still are.
     fn renew(&self) -> Result<bool, Error> {
-        let renew = self.grant.renew_cmd(&self.inner.settings);
-        let renewed: i64 = self.inner.with_conn(true, |c| c.query(&renew))?;
-        Ok(protocol::done(renewed))
+        let mut held = true;
+        for renew in self.grant.renew_cmds(&self.inner.settings) {
+            let renewed: i64 = self.inner.with_conn(true, |c| c.query(&renew))?;
+            held &= protocol::done(renewed);
+        }
+        Ok(held)
     }
 
+    /// Releases every key; released only if all were still held.
     fn release(&self) -> Result<bool, Error> {
-        self.inner.release(&self.grant.release_cmd())
+        let mut released = true;
+        for release in self.grant.release_cmds() {
+            released &= self.inner.release(&release)?;
+        }
+        Ok(released)
     }
 }
 
@@ -445,8 +518,8 @@ impl std::fmt::Debug for Reservation {
 }
 
 impl Reservation {
-    fn start(inner: Arc<Inner>, claim: Claim, token: u64, granted_at: Instant) -> Reservation {
-        let grant = claim.granted(&inner.settings, token);
+    fn start(inner: Arc<Inner>, claim: Claim, tokens: &[u64], granted_at: Instant) -> Reservation {
+        let grant = claim.granted(&inner.settings, tokens);
         let state = Arc::new(State { inner, grant });
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let heartbeat = {
@@ -497,6 +570,34 @@ impl Reservation {
     /// How it is held: exclusive, shared, or permits of a semaphore.
     pub fn access(&self) -> Access {
         self.state.grant.access
+    }
+
+    /// Every key held with their tokens, the first first: one for a
+    /// reservation, all of them for [`lock_all`](ReservationManager::lock_all).
+    pub fn keys(&self) -> Vec<(&str, u64)> {
+        self.state.grant.keys()
+    }
+
+    /// A fenced write: runs `command` on the server only while this grant
+    /// holds its (first) key with its token, in the same atomic step
+    /// (`RESERVE.GUARD`), and returns the command's reply. When the grant
+    /// is gone the command does not run: `Err(Error::Lost)`, and the
+    /// reservation is marked lost.
+    pub fn guard<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Error> {
+        let guard = self.state.grant.guard_cmd(command);
+        let reply: redis::RedisResult<T> =
+            self.state.inner.with_conn(true, |c| Ok(c.query(&guard)))?;
+        reply.map_err(|e| self.guard_failed(e))
+    }
+
+    fn guard_failed(&self, e: redis::RedisError) -> Error {
+        if e.code() == Some("FENCED") {
+            self.state
+                .grant
+                .mark_lost(&self.state.inner.settings, LostReason::NotHeld);
+            return Error::Lost;
+        }
+        Error::from_redis(e)
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.

@@ -313,3 +313,26 @@ async fn shared_reservations_and_permits() {
     b.release().await.unwrap();
     assert!(!exists(&mut c, "reservation-gpu"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_all_wait_all_and_guard() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let a = manager(&server, "first");
+    let b = manager(&server, "second");
+    let set = a.lock_all(&["x", "y"]).await.unwrap().expect("both free");
+    assert_eq!(set.keys().len(), 2);
+    assert!(b.lock_all(&["y"]).await.unwrap().is_none());
+    let mut incr = redis::cmd("INCR");
+    incr.arg("n");
+    assert_eq!(set.guard::<i64>(&incr).await.unwrap(), 1);
+    let waiting = tokio::spawn(async move { b.wait_all(&["y", "x"], None).await });
+    wait_until(DEADLINE, "queued on both keys", || {
+        info_field(&mut c, "waiters") == 2
+    });
+    set.release().await.unwrap();
+    let got = waiting.await.unwrap().unwrap().expect("granted");
+    assert_eq!(got.keys()[0].0, "reservation-y");
+    got.release().await.unwrap();
+    assert!(!exists(&mut c, "reservation-x"));
+}

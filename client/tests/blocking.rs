@@ -695,3 +695,85 @@ fn shared_reservations_and_semaphore_permits() {
     c2.release().unwrap();
     assert!(!exists(&mut c, "reservation-gpu"));
 }
+
+#[test]
+fn lock_all_and_wait_all_hold_every_key_in_one_handle() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let a = manager(&server, "first");
+    let b = manager(&server, "second");
+    let set = a.lock_all(&["x", "y"]).unwrap().expect("both free");
+    let keys: Vec<(String, u64)> = set
+        .keys()
+        .iter()
+        .map(|(k, t)| (k.to_string(), *t))
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        (keys[0].0.as_str(), keys[1].0.as_str()),
+        ("reservation-x", "reservation-y")
+    );
+    assert_eq!(set.token(), keys[0].1);
+    assert!(b.lock_all(&["y", "z"]).unwrap().is_none(), "all or none");
+    assert!(!exists(&mut c, "reservation-z"));
+    // One heartbeat renews every key.
+    set.renew().unwrap();
+    // A wait for both is granted when the set is released, in one piece.
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || tx.send(b.wait_all(&["y", "x"], None)).unwrap());
+    wait_until(DEADLINE, "queued on both keys", || {
+        info_field(&mut c, "waiters") == 2
+    });
+    let first_tokens: Vec<u64> = keys.iter().map(|(_, t)| *t).collect();
+    drop(set); // releases both
+    let got = rx
+        .recv_timeout(DEADLINE)
+        .unwrap()
+        .unwrap()
+        .expect("granted");
+    waiter.join().unwrap();
+    let second: Vec<(String, u64)> = got
+        .keys()
+        .iter()
+        .map(|(k, t)| (k.to_string(), *t))
+        .collect();
+    assert_eq!(second[0].0, "reservation-y");
+    assert!(second
+        .iter()
+        .all(|(_, t)| first_tokens.iter().all(|f| t > f)));
+    // A timed-out wait leaves nothing behind.
+    let other = manager(&server, "third");
+    assert!(other
+        .wait_all(&["x"], Some(Duration::from_millis(50)))
+        .unwrap()
+        .is_none());
+    got.release().unwrap();
+    assert!(!exists(&mut c, "reservation-x") && !exists(&mut c, "reservation-y"));
+}
+
+#[test]
+fn guard_writes_only_while_the_reservation_holds() {
+    let server = Server::start();
+    let mut c = server.conn();
+    let m = manager(&server, "writer");
+    let held = m.lock("report").unwrap().expect("free");
+    let mut incr = redis::cmd("INCR");
+    incr.arg("report:count");
+    assert_eq!(held.guard::<i64>(&incr).unwrap(), 1);
+    assert_eq!(held.guard::<i64>(&incr).unwrap(), 2);
+    // Taken away (deleted, then someone else's): the write is fenced and
+    // the reservation reported lost.
+    let _: () = redis::cmd("DEL")
+        .arg("reservation-report")
+        .query(&mut c)
+        .unwrap();
+    let other = manager(&server, "other")
+        .lock("report")
+        .unwrap()
+        .expect("free again");
+    assert!(matches!(held.guard::<i64>(&incr), Err(Error::Lost)));
+    assert!(held.is_lost());
+    let count: i64 = redis::cmd("GET").arg("report:count").query(&mut c).unwrap();
+    assert_eq!(count, 2, "the fenced write did not run");
+    assert_eq!(other.guard::<i64>(&incr).unwrap(), 3);
+}

@@ -3,6 +3,8 @@
 //! server answer means for them. Both managers drive these; neither
 //! builds a RESERVE.* command or words a log line about a grant itself.
 
+use std::time::Duration;
+
 use log::Level;
 use redis::Cmd;
 
@@ -11,13 +13,16 @@ use crate::core::protocol::{self, Access};
 use crate::core::settings::Settings;
 use crate::error::Error;
 
-/// One attempt to take a resource.
+/// One attempt to take a resource (or, for `lock_all`/`wait_all`, several:
+/// the first in `resource`/`key`, the others in `more`).
 pub(crate) struct Claim {
     pub(crate) resource: String,
     pub(crate) key: String,
     /// Unique to this attempt, so a release by holder alone is safe.
     pub(crate) holder: String,
     pub(crate) access: Access,
+    /// Further (resource, key) pairs taken all at once with the first.
+    pub(crate) more: Vec<(String, String)>,
 }
 
 impl Claim {
@@ -33,33 +38,78 @@ impl Claim {
             key: settings.key_for(resource),
             holder: settings.new_holder(),
             access,
+            more: Vec::new(),
         }
     }
 
+    /// Every resource at once, each exclusive (`lock_all`, `wait_all`);
+    /// `resources` is not empty.
+    pub(crate) fn all(settings: &Settings, resources: &[&str]) -> Claim {
+        let mut claim = Claim::with_access(settings, resources[0], Access::Exclusive);
+        claim.more = resources[1..]
+            .iter()
+            .map(|r| (r.to_string(), settings.key_for(r)))
+            .collect();
+        claim
+    }
+
+    /// Its keys, the first one first.
+    pub(crate) fn keys(&self) -> Vec<&str> {
+        std::iter::once(self.key.as_str())
+            .chain(self.more.iter().map(|(_, k)| k.as_str()))
+            .collect()
+    }
+
     pub(crate) fn lock_cmd(&self, settings: &Settings) -> Cmd {
-        protocol::lock(&self.key, &self.holder, settings.lock_ttl, self.access)
+        if self.more.is_empty() {
+            protocol::lock(&self.key, &self.holder, settings.lock_ttl, self.access)
+        } else {
+            protocol::lock_all(&self.keys(), &self.holder, settings.lock_ttl)
+        }
     }
 
-    /// Undoes a grant that may have happened (`token` `None`: whatever this
-    /// holder has, for a grant whose reply was lost).
-    pub(crate) fn release_cmd(&self, token: Option<u64>) -> Cmd {
-        protocol::release(&self.key, &self.holder, token)
+    pub(crate) fn wait_cmd(&self, settings: &Settings, timeout: Option<Duration>) -> Cmd {
+        if self.more.is_empty() {
+            protocol::wait(
+                &self.key,
+                &self.holder,
+                settings.lock_ttl,
+                timeout,
+                self.access,
+            )
+        } else {
+            protocol::wait_all(&self.keys(), &self.holder, settings.lock_ttl, timeout)
+        }
     }
 
-    /// LOCK's answer: the token, or `None` (0) when someone else holds it.
-    pub(crate) fn lock_reply(&self, settings: &Settings, token: u64) -> Option<u64> {
-        if token == 0 {
+    /// Undoes a grant that may have happened, key by key (`tokens` `None`:
+    /// whatever this holder has, for a grant whose reply was lost).
+    pub(crate) fn release_cmds(&self, tokens: Option<&[u64]>) -> Vec<Cmd> {
+        self.keys()
+            .iter()
+            .enumerate()
+            .map(|(i, key)| protocol::release(key, &self.holder, tokens.map(|t| t[i])))
+            .collect()
+    }
+
+    /// LOCK's (LOCKALL's) answer: the tokens, or `None` when not granted.
+    pub(crate) fn lock_reply(
+        &self,
+        settings: &Settings,
+        tokens: Option<Vec<u64>>,
+    ) -> Option<Vec<u64>> {
+        if tokens.is_none() {
             settings.log(
                 Level::Debug,
                 &format!("{} is held by someone else", self.key),
             );
-            return None;
         }
-        Some(token)
+        tokens
     }
 
-    /// The server granted it with `token`.
-    pub(crate) fn granted(self, settings: &Settings, token: u64) -> Grant {
+    /// The server granted it with `tokens` (one per key, in key order).
+    pub(crate) fn granted(self, settings: &Settings, tokens: &[u64]) -> Grant {
+        let token = tokens[0];
         settings.log(
             Level::Info,
             &format!("reserved {} as {} (token {token})", self.key, self.holder),
@@ -70,6 +120,12 @@ impl Claim {
             holder: self.holder,
             access: self.access,
             token,
+            more: self
+                .more
+                .into_iter()
+                .zip(tokens[1..].iter().copied())
+                .map(|((_, key), t)| (key, t))
+                .collect(),
             lost: LostFlag::new(),
         }
     }
@@ -99,16 +155,38 @@ pub(crate) struct Grant {
     pub(crate) holder: String,
     pub(crate) access: Access,
     pub(crate) token: u64,
+    /// Further keys held with it (`lock_all`), each with its token.
+    pub(crate) more: Vec<(String, u64)>,
     pub(crate) lost: LostFlag,
 }
 
 impl Grant {
-    pub(crate) fn renew_cmd(&self, settings: &Settings) -> Cmd {
-        protocol::renew(&self.key, &self.holder, settings.lock_ttl, self.token)
+    /// Every key held, with its token, the first one first.
+    pub(crate) fn keys(&self) -> Vec<(&str, u64)> {
+        std::iter::once((self.key.as_str(), self.token))
+            .chain(self.more.iter().map(|(k, t)| (k.as_str(), *t)))
+            .collect()
     }
 
-    pub(crate) fn release_cmd(&self) -> Cmd {
-        protocol::release(&self.key, &self.holder, Some(self.token))
+    /// One RENEW per key: the heartbeat renews them all.
+    pub(crate) fn renew_cmds(&self, settings: &Settings) -> Vec<Cmd> {
+        self.keys()
+            .into_iter()
+            .map(|(key, token)| protocol::renew(key, &self.holder, settings.lock_ttl, token))
+            .collect()
+    }
+
+    /// One RELEASE per key, each with its token.
+    pub(crate) fn release_cmds(&self) -> Vec<Cmd> {
+        self.keys()
+            .into_iter()
+            .map(|(key, token)| protocol::release(key, &self.holder, Some(token)))
+            .collect()
+    }
+
+    /// `RESERVE.GUARD` of `command` with this grant's key, holder and token.
+    pub(crate) fn guard_cmd(&self, command: &Cmd) -> Cmd {
+        protocol::guard(&self.key, &self.holder, self.token, command)
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -226,8 +304,66 @@ mod tests {
             ["RESERVE.LOCK", "reservation-job", &a.holder, "3.000"]
         );
         assert_eq!(
-            args(&a.release_cmd(None)),
+            args(&a.release_cmds(None)[0]),
             ["RESERVE.RELEASE", "reservation-job", &a.holder]
+        );
+    }
+
+    #[test]
+    fn a_claim_on_several_resources_takes_them_all_at_once() {
+        let s = Settings::for_tests(Arc::default());
+        let c = Claim::all(&s, &["a", "b"]);
+        let h = c.holder.clone();
+        assert_eq!(
+            args(&c.lock_cmd(&s)),
+            [
+                "RESERVE.LOCKALL",
+                &h,
+                "3.000",
+                "reservation-a",
+                "reservation-b"
+            ]
+        );
+        assert_eq!(
+            args(&c.wait_cmd(&s, Some(Duration::from_millis(20)))),
+            [
+                "RESERVE.WAITALL",
+                &h,
+                "3.000",
+                "0.020",
+                "reservation-a",
+                "reservation-b"
+            ]
+        );
+        let undo: Vec<Vec<String>> = c.release_cmds(Some(&[7, 8])).iter().map(args).collect();
+        assert_eq!(
+            undo,
+            [
+                vec![
+                    "RESERVE.RELEASE".to_string(),
+                    "reservation-a".into(),
+                    h.clone(),
+                    "TOKEN".into(),
+                    "7".into()
+                ],
+                vec![
+                    "RESERVE.RELEASE".to_string(),
+                    "reservation-b".into(),
+                    h.clone(),
+                    "TOKEN".into(),
+                    "8".into()
+                ],
+            ]
+        );
+        let grant = c.granted(&s, &[7, 8]);
+        assert_eq!(grant.keys(), [("reservation-a", 7), ("reservation-b", 8)]);
+        assert_eq!(grant.renew_cmds(&s).len(), 2);
+        assert_eq!(args(&grant.release_cmds()[1])[1], "reservation-b");
+        let mut incr = redis::cmd("INCR");
+        incr.arg("counter");
+        assert_eq!(
+            args(&grant.guard_cmd(&incr)),
+            ["RESERVE.GUARD", "reservation-a", &h, "7", "INCR", "counter"]
         );
     }
 
@@ -236,8 +372,8 @@ mod tests {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let mut s = Settings::for_tests(logs.clone());
         let claim = Claim::new(&s, "job");
-        assert_eq!(claim.lock_reply(&s, 0), None);
-        assert_eq!(claim.lock_reply(&s, 5), Some(5));
+        assert_eq!(claim.lock_reply(&s, None), None);
+        assert_eq!(claim.lock_reply(&s, Some(vec![5])), Some(vec![5]));
         assert!(replica_verdict(&s, &claim.key, 0).is_ok(), "not asked for");
         s.replica_ack = Some((2, Duration::from_millis(10)));
         assert!(replica_verdict(&s, &claim.key, 2).is_ok());
@@ -254,9 +390,9 @@ mod tests {
     fn a_grant_is_lost_once_and_then_refuses() {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let s = Settings::for_tests(logs.clone());
-        let grant = Claim::new(&s, "job").granted(&s, 9);
+        let grant = Claim::new(&s, "job").granted(&s, &[9]);
         assert_eq!(
-            args(&grant.renew_cmd(&s)),
+            args(&grant.renew_cmds(&s)[0]),
             [
                 "RESERVE.RENEW",
                 "reservation-job",

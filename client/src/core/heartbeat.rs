@@ -173,7 +173,7 @@ mod tests {
     fn observe_logs_and_marks_lost() {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let s = Settings::for_tests(logs.clone());
-        let grant = Claim::new(&s, "job").granted(&s, 3);
+        let grant = Claim::new(&s, "job").granted(&s, &[3]);
         let mut hb = Schedule::new(&s, Duration::ZERO);
         assert!(hb.observe(&s, &grant, Ok::<_, String>(true), S));
         assert!(hb.observe(&s, &grant, Err("refused"), 2 * S));

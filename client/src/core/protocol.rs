@@ -88,6 +88,57 @@ pub(crate) fn wait(
     cmd
 }
 
+/// `RESERVE.LOCKALL holder ttl key [key ...]`: answers every token in key
+/// order, or nil when not all are free.
+pub(crate) fn lock_all(keys: &[&str], holder: &str, ttl: Duration) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.LOCKALL");
+    cmd.arg(holder).arg(secs_arg(ttl)).arg(keys);
+    cmd
+}
+
+/// `RESERVE.WAITALL holder ttl timeout key [key ...]` (`0`: no timeout):
+/// answers every token in key order, nil when it timed out.
+pub(crate) fn wait_all(
+    keys: &[&str],
+    holder: &str,
+    ttl: Duration,
+    timeout: Option<Duration>,
+) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.WAITALL");
+    cmd.arg(holder)
+        .arg(secs_arg(ttl))
+        .arg(timeout.map_or_else(|| "0".to_string(), secs_arg))
+        .arg(keys);
+    cmd
+}
+
+/// What LOCK, WAIT, LOCKALL and WAITALL answer: the tokens of a grant (one
+/// per key), or None (0 or nil: not granted).
+pub(crate) fn grant_reply(value: Value) -> redis::RedisResult<Option<Vec<u64>>> {
+    match value {
+        Value::Nil | Value::Int(0) => Ok(None),
+        Value::Array(items) => items
+            .iter()
+            .map(from_redis_value::<u64>)
+            .collect::<redis::RedisResult<Vec<u64>>>()
+            .map(Some),
+        other => from_redis_value::<u64>(&other).map(|t| Some(vec![t])),
+    }
+}
+
+/// `RESERVE.GUARD key holder token <command>`: runs `command` only while
+/// this grant holds; answers the command's reply or a FENCED error.
+pub(crate) fn guard(key: &str, holder: &str, token: u64, command: &Cmd) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.GUARD");
+    cmd.arg(key).arg(holder).arg(token);
+    for arg in command.args_iter() {
+        if let redis::Arg::Simple(bytes) = arg {
+            cmd.arg(bytes);
+        }
+    }
+    cmd
+}
+
 /// `RESERVE.RENEW key holder ttl TOKEN t`: answers 1 when renewed.
 pub(crate) fn renew(key: &str, holder: &str, ttl: Duration, token: u64) -> Cmd {
     let mut cmd = redis::cmd("RESERVE.RENEW");
@@ -208,6 +259,18 @@ mod tests {
         assert_eq!(secs_arg(Duration::from_millis(1)), "0.001");
         assert_eq!(secs_arg(Duration::from_micros(1)), "0.001");
         assert_eq!(secs_arg(Duration::from_micros(2_000_001)), "2.001");
+    }
+
+    #[test]
+    fn grant_replies_of_one_key_or_several() {
+        assert_eq!(grant_reply(Value::Int(0)), Ok(None));
+        assert_eq!(grant_reply(Value::Nil), Ok(None));
+        assert_eq!(grant_reply(Value::Int(7)), Ok(Some(vec![7])));
+        assert_eq!(
+            grant_reply(Value::Array(vec![Value::Int(7), Value::Int(9)])),
+            Ok(Some(vec![7, 9]))
+        );
+        assert!(grant_reply(Value::SimpleString("x".into())).is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@ use redis::Cmd;
 
 use crate::core::clock::Moment;
 use crate::core::grant::Claim;
-use crate::core::protocol::{self, Access, WAIT_SLACK};
+#[cfg(test)]
+use crate::core::protocol::Access;
+use crate::core::protocol::WAIT_SLACK;
 use crate::core::settings::Settings;
 use crate::error::{is_transient, Error};
 
@@ -33,6 +35,7 @@ pub(crate) struct Attempt {
 
 impl<I: Moment> Wait<I> {
     /// `timeout` `None`: wait for as long as it takes.
+    #[cfg(test)]
     pub(crate) fn new(
         settings: &Settings,
         resource: &str,
@@ -40,7 +43,21 @@ impl<I: Moment> Wait<I> {
         timeout: Option<Duration>,
         now: I,
     ) -> Wait<I> {
-        let claim = Claim::with_access(settings, resource, access);
+        Wait::for_claim(
+            settings,
+            Claim::with_access(settings, resource, access),
+            timeout,
+            now,
+        )
+    }
+
+    /// Waiting for an already built claim (`wait_all`'s several keys).
+    pub(crate) fn for_claim(
+        settings: &Settings,
+        claim: Claim,
+        timeout: Option<Duration>,
+        now: I,
+    ) -> Wait<I> {
         settings.log(
             Level::Debug,
             &format!("waiting for {} as {}", claim.key, claim.holder),
@@ -72,15 +89,15 @@ impl<I: Moment> Wait<I> {
                     .max(Duration::from_millis(10))
             }),
             read_timeout: remaining.map(|r| r + WAIT_SLACK),
-            cmd: protocol::wait(&c.key, &c.holder, settings.lock_ttl, remaining, c.access),
+            cmd: c.wait_cmd(settings, remaining),
         }
     }
 
-    /// WAIT's answer: the token, or `None` (0: timed out, or unblocked
-    /// without a grant when there was no timeout).
-    pub(crate) fn reply(&self, settings: &Settings, token: u64) -> Option<u64> {
-        if token != 0 {
-            return Some(token);
+    /// WAIT's (WAITALL's) answer: the tokens, or `None` (0 or nil: timed
+    /// out, or unblocked without a grant when there was no timeout).
+    pub(crate) fn reply(&self, settings: &Settings, tokens: Option<Vec<u64>>) -> Option<Vec<u64>> {
+        if tokens.is_some() {
+            return tokens;
         }
         if self.deadline.is_some() {
             settings.log(
@@ -219,9 +236,9 @@ mod tests {
         let s = Settings::for_tests(logs.clone());
         let timed = Wait::new(&s, "job", Access::Exclusive, Some(MS), Duration::ZERO);
         let forever = Wait::new(&s, "job", Access::Exclusive, None, Duration::ZERO);
-        assert_eq!(timed.reply(&s, 4), Some(4));
-        assert_eq!(timed.reply(&s, 0), None);
-        assert_eq!(forever.reply(&s, 0), None);
+        assert_eq!(timed.reply(&s, Some(vec![4])), Some(vec![4]));
+        assert_eq!(timed.reply(&s, None), None);
+        assert_eq!(forever.reply(&s, None), None);
         let logs = logs.lock().unwrap();
         assert!(logs.iter().any(|l| l.contains("gave up waiting")));
         assert!(logs.iter().any(|l| l.contains("unblocked without a grant")));
