@@ -263,3 +263,80 @@ fn cluster_slots_cover_the_inner_keys() {
     let e = guard(&mut c, "{job}:lock", "w", &t, &["SET", &other, "v"]).unwrap_err();
     assert!(e.starts_with("CROSSSLOT"), "{e}");
 }
+
+#[test]
+fn guard_around_random_commands_never_crashes() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut server = Server::start();
+    let mut c = server.conn();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut t = lock(&mut c, &["job", "w", "600"]);
+    let commands = [
+        "GET",
+        "SET",
+        "INCR",
+        "HSET",
+        "LPUSH",
+        "DEL",
+        "EXPIRE",
+        "RENAME",
+        "MSET",
+        "EVAL",
+        "BLPOP",
+        "MULTI",
+        "SUBSCRIBE",
+        "CLIENT",
+        "CONFIG",
+        "RESERVE.LOCK",
+        "RESERVE.RELEASE",
+        "RESERVE.INFO",
+        "RESERVE.WAITALL",
+        "RESERVE.GUARD",
+        "PING",
+        "NOSUCH",
+        "",
+        "set",
+    ];
+    let words = [
+        "job",
+        "k",
+        "0",
+        "1",
+        "-1",
+        "x",
+        "GET",
+        "return 1",
+        "",
+        "99999999999999999999",
+    ];
+    let mut rng = StdRng::seed_from_u64(0x6A_4D);
+    let (mut values, mut errors) = (0, 0);
+    for i in 0..1500 {
+        let mut argv = vec!["RESERVE.GUARD", "job", "w", t.as_str()];
+        argv.push(commands[rng.gen_range(0..commands.len())]);
+        for _ in 0..rng.gen_range(0..4) {
+            argv.push(words[rng.gen_range(0..words.len())]);
+        }
+        match call_str(&mut c, &argv) {
+            Ok(_) => values += 1,
+            Err(e) => {
+                errors += 1;
+                assert!(!e.contains("internal error"), "#{i} {argv:?}: {e}");
+            }
+        }
+        // Commands may take the key away; take it again for the next round.
+        if int(&mut c, &["EXISTS", "job"]) == 0 {
+            t = lock(&mut c, &["job", "w", "600"]);
+        }
+    }
+    guard_tail(&mut server, values, errors);
+}
+
+/// The server is alive and answered both values and errors.
+fn guard_tail(server: &mut Server, values: u32, errors: u32) {
+    assert!(values > 0 && errors > 0, "{values} values, {errors} errors");
+    assert!(server.is_alive(), "server died:\n{}", server.log());
+    assert!(!server.log().contains("panicked"));
+}
