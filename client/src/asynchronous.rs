@@ -37,7 +37,7 @@ use crate::builder::ReservationManagerBuilder;
 use crate::conn::Target;
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
-use crate::core::lost::{LostReason, LostReservation};
+use crate::core::lost::LostReservation;
 use crate::core::protocol::{self, Access, ReservationInfo, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
@@ -630,15 +630,7 @@ impl AsyncReservation {
             Ok(mut conn) => conn.query(&guard).await,
             Err(e) => return Err(e),
         };
-        reply.map_err(|e| {
-            if e.code() == Some("FENCED") {
-                self.state
-                    .grant
-                    .mark_lost(&self.state.inner.settings, LostReason::NotHeld);
-                return Error::Lost;
-            }
-            Error::from_redis(e)
-        })
+        reply.map_err(|e| self.state.grant.guard_failed(&self.state.inner.settings, e))
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.

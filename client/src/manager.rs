@@ -16,7 +16,7 @@ use crate::builder::ReservationManagerBuilder;
 use crate::conn::{Conn, Target};
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
-use crate::core::lost::{LostReason, LostReservation};
+use crate::core::lost::LostReservation;
 use crate::core::protocol::{self, Access, ReservationInfo};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
@@ -587,17 +587,7 @@ impl Reservation {
         let guard = self.state.grant.guard_cmd(command);
         let reply: redis::RedisResult<T> =
             self.state.inner.with_conn(true, |c| Ok(c.query(&guard)))?;
-        reply.map_err(|e| self.guard_failed(e))
-    }
-
-    fn guard_failed(&self, e: redis::RedisError) -> Error {
-        if e.code() == Some("FENCED") {
-            self.state
-                .grant
-                .mark_lost(&self.state.inner.settings, LostReason::NotHeld);
-            return Error::Lost;
-        }
-        Error::from_redis(e)
+        reply.map_err(|e| self.state.grant.guard_failed(&self.state.inner.settings, e))
     }
 
     /// The holder identity: `<by>-<hostname>-<pid>-<random>`.

@@ -222,6 +222,29 @@ fn unblock(client: BlockedClient, reply: WaitReply) {
 
 // ----- blocking a client -----
 
+/// Blocks the calling client with the module's reply, unblock and
+/// disconnect callbacks (waiters have no Redis-side timeout: module timers
+/// time them out, so a grant and a timeout are decided in one place).
+fn block_client(ctx: Ctx) -> Result<BlockedClient, &'static str> {
+    // SAFETY: ctx is a command context that allows blocking (checked by
+    // the caller); the callbacks match the signatures Redis expects.
+    let bc = unsafe {
+        rm!(RedisModule_BlockClient)(
+            ctx,
+            Some(wait_reply),
+            Some(wait_unblocked),
+            Some(free_reply),
+            0,
+        )
+    };
+    if bc.is_null() {
+        return Err(errors::INTERNAL_PANIC);
+    }
+    // SAFETY: bc is the handle just created.
+    unsafe { rm!(RedisModule_SetDisconnectCallback)(bc, Some(wait_disconnected)) };
+    Ok(BlockedClient(bc))
+}
+
 /// Records a request's `LIMIT` as the latest on `qk`'s queue (if anyone
 /// waits there).
 pub fn note_limit(st: &mut ModuleState, qk: &QueueKey, limit: Option<u32>) {
@@ -261,23 +284,7 @@ pub fn block_waiter(
     if st.waiters.len(&qk) >= max {
         return Err(errors::TOO_MANY_WAITERS);
     }
-    // SAFETY: ctx is a command context that allows blocking (checked by
-    // the caller); the callbacks match the signatures Redis expects.
-    let bc = unsafe {
-        rm!(RedisModule_BlockClient)(
-            ctx,
-            Some(wait_reply),
-            Some(wait_unblocked),
-            Some(free_reply),
-            0,
-        )
-    };
-    if bc.is_null() {
-        return Err(errors::INTERNAL_PANIC);
-    }
-    // SAFETY: bc is the handle just created.
-    unsafe { rm!(RedisModule_SetDisconnectCallback)(bc, Some(wait_disconnected)) };
-    let client = BlockedClient(bc);
+    let client = block_client(ctx)?;
     let waiter = Waiter {
         holder: holder.into(),
         ttl_ms,
@@ -352,22 +359,7 @@ pub fn block_group(
     if keys.iter().any(|qk| st.waiters.len(qk) >= max) {
         return Err(errors::TOO_MANY_WAITERS);
     }
-    // SAFETY: as in block_waiter.
-    let bc = unsafe {
-        rm!(RedisModule_BlockClient)(
-            ctx,
-            Some(wait_reply),
-            Some(wait_unblocked),
-            Some(free_reply),
-            0,
-        )
-    };
-    if bc.is_null() {
-        return Err(errors::INTERNAL_PANIC);
-    }
-    // SAFETY: bc is the handle just created.
-    unsafe { rm!(RedisModule_SetDisconnectCallback)(bc, Some(wait_disconnected)) };
-    let client = BlockedClient(bc);
+    let client = block_client(ctx)?;
     st.next_group += 1;
     let gid = st.next_group;
     let mut members = Vec::with_capacity(keys.len());

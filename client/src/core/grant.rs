@@ -189,6 +189,16 @@ impl Grant {
         protocol::guard(&self.key, &self.holder, self.token, command)
     }
 
+    /// What a failed guarded command means: FENCED is the grant gone (it is
+    /// marked lost); anything else is the command's own error.
+    pub(crate) fn guard_failed(&self, settings: &Settings, e: redis::RedisError) -> Error {
+        if e.code() == Some("FENCED") {
+            self.mark_lost(settings, LostReason::NotHeld);
+            return Error::Lost;
+        }
+        Error::from_redis(e)
+    }
+
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.is_lost()
     }
