@@ -1105,7 +1105,16 @@ impl Model {
                 ));
             }
         }
-        let stats = reservation_info(c);
+        // `held` counts values in memory: after an asynchronous FLUSHALL
+        // (Valkey's default, lazyfree-lazy-user-flush yes) a background
+        // thread frees them, so the gauge reaches the model a moment later.
+        let want_held = self.held_count();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stats = reservation_info(c);
+        while stats.get("held") != Some(&want_held) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            stats = reservation_info(c);
+        }
         let get = |n: &str| stats.get(n).copied().unwrap_or(u64::MAX);
         let c2 = &self.c;
         let expected = [
