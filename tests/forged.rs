@@ -85,8 +85,7 @@ fn an_acl_user_limited_to_some_keys_cannot_freeze_the_counter() {
         &["ACL", "SETUSER", "jobs", "on", ">pw", "~job:*", "+@all"],
     )
     .unwrap();
-    let mut user = server.conn();
-    call_str(&mut user, &["AUTH", "jobs", "pw"]).unwrap();
+    let mut user = server.conn_as("jobs", "pw");
     let reply = restore(&mut user, "job:evil", &forge_token(&payload, t, 1 << 63));
     assert!(is_bad_format(&reply), "{reply:?}");
     let other = lock(&mut admin, "elsewhere", "w", "60");

@@ -187,8 +187,7 @@ fn acl_and_getkeys_see_every_key() {
         ],
     )
     .unwrap();
-    let mut user = server.conn();
-    call_str(&mut user, &["AUTH", "jobs", "pw"]).unwrap();
+    let mut user = server.conn_as("jobs", "pw");
     // A key outside the user's pattern, named by the inner command.
     let e = guard(&mut user, "job:a", "w", &t, &["INCR", "other"]).unwrap_err();
     assert!(e.starts_with("NOPERM"), "{e}");

@@ -138,8 +138,7 @@ fn keys_are_the_commands_keys() {
         &["ACL", "SETUSER", "jobs", "on", ">pw", "~job:*", "+@all"],
     )
     .unwrap();
-    let mut user = server.conn();
-    call_str(&mut user, &["AUTH", "jobs", "pw"]).unwrap();
+    let mut user = server.conn_as("jobs", "pw");
     let e = lock_all(&mut user, "w", "30", &["job:a", "other"]).unwrap_err();
     assert!(e.starts_with("NOPERM"), "{e}");
     assert_eq!(

@@ -355,16 +355,6 @@ fn promoted_replica_issues_larger_tokens() {
 
 // ----- ACL -----
 
-fn connect_as(server: &Server, user: &str, password: &str) -> Connection {
-    redis::Client::open(format!(
-        "redis://{user}:{password}@127.0.0.1:{}/",
-        server.port()
-    ))
-    .expect("client")
-    .get_connection()
-    .expect("authenticated connection")
-}
-
 #[test]
 fn acl_key_patterns_apply() {
     let server = Server::start();
@@ -387,7 +377,7 @@ fn acl_key_patterns_apply() {
             "+@all",
         ],
     );
-    let mut c = connect_as(&server, "jobsonly", "pw");
+    let mut c = server.conn_as("jobsonly", "pw");
     let token = lock(&mut c, "jobs:1", "w", "60");
     assert!(token >= 1);
     assert_eq!(int(&mut c, &["RESERVE.RENEW", "jobs:1", "w", "60"]), 1);
@@ -410,7 +400,7 @@ fn acl_key_patterns_apply() {
     assert_eq!(s.renewals, 0, "the refused RENEW did nothing");
 
     // Read-only key permission: INFO yes, anything that writes no.
-    let mut ro = connect_as(&server, "reader", "pw");
+    let mut ro = server.conn_as("reader", "pw");
     assert_eq!(snapshot(&mut ro, b"jobs:1").unwrap().token as u64, token);
     for argv in [
         &["RESERVE.LOCK", "jobs:2", "w", "60"][..],

@@ -186,6 +186,17 @@ impl Server {
         self.client().get_connection().expect("connect")
     }
 
+    /// A fresh connection authenticated as an ACL user.
+    pub fn conn_as(&self, user: &str, password: &str) -> redis::Connection {
+        redis::Client::open(format!(
+            "redis://{user}:{password}@127.0.0.1:{}/",
+            self.port
+        ))
+        .expect("client")
+        .get_connection()
+        .expect("authenticated connection")
+    }
+
     /// A fresh RESP3 connection.
     pub fn conn_resp3(&self) -> redis::Connection {
         redis::Client::open(format!("{}?protocol=resp3", self.url()))
