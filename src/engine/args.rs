@@ -226,11 +226,8 @@ pub struct ReleaseArgs<'a> {
 /// Typed arguments of `RESERVE.WAIT key holder ttl timeout [options]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct WaitArgs<'a> {
-    pub key: &'a [u8],
-    pub holder: &'a [u8],
-    pub ttl_ms: u64,
+    pub lock: LockArgs<'a>,
     pub timeout_ms: Option<u64>,
-    pub ask: Ask,
 }
 
 /// Limits that come from the module configuration.
@@ -291,12 +288,18 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
     let [_, key, holder, ttl, timeout, rest @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
+    // Checked in argument order, so the first bad one names the error.
+    let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
+    let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
+    let timeout_ms = parse_timeout(timeout)?;
     Ok(WaitArgs {
-        key,
-        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
-        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
-        timeout_ms: parse_timeout(timeout)?,
-        ask: parse_ask(rest, limits.max_holders)?,
+        lock: LockArgs {
+            key,
+            holder,
+            ttl_ms,
+            ask: parse_ask(rest, limits.max_holders)?,
+        },
+        timeout_ms,
     })
 }
 
@@ -712,7 +715,7 @@ mod tests {
             &[b"RESERVE.WAIT", b"job", b"w", b"5", b"0", b"SHARED"],
             LIMITS,
         );
-        assert_eq!(wait.unwrap().ask.mode, Mode::Shared);
+        assert_eq!(wait.unwrap().lock.ask.mode, Mode::Shared);
         assert_eq!(
             parse_lock(&[b"RESERVE.LOCK", b"job", b"w", b"5", b"x"], LIMITS),
             Err(ArgError::Syntax)

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use redis_module::raw;
 
-use crate::engine::args::{self, ArgError};
+use crate::engine::args::{self, ArgError, LockArgs};
 use crate::engine::errors;
 use crate::engine::grants::{decide_acquire, Acquire, Ask, Grant, GrantSet, Mode};
 use crate::engine::reservation::{
@@ -151,6 +151,20 @@ struct Request<'a> {
     max_holder_len: usize,
 }
 
+impl<'a> Request<'a> {
+    fn new(name: RString, a: LockArgs<'a>, on_held: OnHeld, max_holder_len: usize) -> Self {
+        Request {
+            name,
+            key: a.key,
+            holder: a.holder,
+            ttl_ms: a.ttl_ms,
+            ask: a.ask,
+            on_held,
+            max_holder_len,
+        }
+    }
+}
+
 /// `RESERVE.LOCK key holder ttl [SHARED] [LIMIT n] [PERMITS k]`: token,
 /// the same token on re-acquire, or 0 when it does not fit. O(1) for a
 /// mutex; O(grants) on a key with shared grants.
@@ -160,15 +174,7 @@ pub fn lock(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
     refuse_on_replica()?;
     acquire(
         ctx,
-        Request {
-            name: raw_args[1],
-            key: a.key,
-            holder: a.holder,
-            ttl_ms: a.ttl_ms,
-            ask: a.ask,
-            on_held: OnHeld::Answer0,
-            max_holder_len: limits.max_holder_len,
-        },
+        Request::new(raw_args[1], a, OnHeld::Answer0, limits.max_holder_len),
     )
 }
 
@@ -189,15 +195,7 @@ pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
     };
     acquire(
         ctx,
-        Request {
-            name: raw_args[1],
-            key: a.key,
-            holder: a.holder,
-            ttl_ms: a.ttl_ms,
-            ask: a.ask,
-            on_held,
-            max_holder_len: limits.max_holder_len,
-        },
+        Request::new(raw_args[1], a.lock, on_held, limits.max_holder_len),
     )
 }
 
