@@ -12,6 +12,11 @@ use crate::engine::grants::{Ask, Mode};
 /// `now + timeout` from overflowing.
 pub const MAX_TIMEOUT_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
+/// Largest lock-delay accepted (`DELAY ms`, `reservation.lock-delay`): an
+/// hour. Chubby and Consul use seconds to a minute; more than an hour of a
+/// key granted to no one is a unit mistake, not a drain time.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
+
 /// The hard bound on a holder's length (the most `max-holder-len` can be
 /// set to). Commands that only name an existing holder (RENEW, RELEASE) and
 /// loaded values check this, not the current setting: lowering the setting
@@ -27,6 +32,7 @@ pub enum ArgError {
     Token,
     Limit,
     Permits,
+    Delay,
     TooManyKeys,
     DuplicateKey,
     Syntax,
@@ -145,13 +151,30 @@ pub fn parse_stored_token(input: &[u8]) -> Result<u64, ArgError> {
 }
 
 /// Typed arguments of `RESERVE.LOCK key holder ttl [SHARED] [LIMIT n]
-/// [PERMITS k]`.
+/// [PERMITS k] [DELAY ms]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LockArgs<'a> {
     pub key: &'a [u8],
     pub holder: &'a [u8],
     pub ttl_ms: u64,
     pub ask: Ask,
+    /// `DELAY ms`; None: the `reservation.lock-delay` setting applies.
+    pub delay_ms: Option<u32>,
+}
+
+/// A lock-delay in plain decimal milliseconds, 0 to `MAX_DELAY_MS`.
+pub fn parse_delay(input: &[u8]) -> Result<u32, ArgError> {
+    if input.is_empty() || input.len() > 10 || !input.iter().all(u8::is_ascii_digit) {
+        return Err(ArgError::Delay);
+    }
+    let ms: u64 = std::str::from_utf8(input)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ArgError::Delay)?;
+    if ms > MAX_DELAY_MS {
+        return Err(ArgError::Delay);
+    }
+    u32::try_from(ms).map_err(|_| ArgError::Delay)
 }
 
 /// A count option's value: a plain decimal from 1 to `max`.
@@ -163,14 +186,23 @@ fn parse_count(input: &[u8], max: u32) -> Option<u32> {
     u32::try_from(n).ok().filter(|&n| n >= 1 && n <= max)
 }
 
+/// What LOCK and WAIT ask for, without the lock-delay.
+pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
+    parse_lock_options(rest, max_holders).map(|(ask, _)| ask)
+}
+
 /// The options of LOCK and WAIT, in any order, case-insensitive, each at
 /// most once: `SHARED`, `LIMIT n` (implies SHARED), `PERMITS k` (only with
-/// LIMIT, at most n). No option at all is the exclusive mutex.
-pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
+/// LIMIT, at most n), `DELAY ms`. No option at all is the exclusive mutex
+/// with the configured delay.
+pub fn parse_lock_options(
+    rest: &[&[u8]],
+    max_holders: u32,
+) -> Result<(Ask, Option<u32>), ArgError> {
     if rest.is_empty() {
-        return Ok(Ask::EXCLUSIVE);
+        return Ok((Ask::EXCLUSIVE, None));
     }
-    let (mut shared, mut limit, mut permits) = (false, None, None);
+    let (mut shared, mut limit, mut permits, mut delay) = (false, None, None, None);
     let mut i = 0;
     while i < rest.len() {
         let name = rest[i];
@@ -186,6 +218,10 @@ pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
             let value = value.ok_or(ArgError::Syntax)?;
             permits = Some(parse_count(value, u32::MAX).ok_or(ArgError::Permits)?);
             i += 2;
+        } else if name.eq_ignore_ascii_case(b"DELAY") && delay.is_none() {
+            let value = value.ok_or(ArgError::Syntax)?;
+            delay = Some(parse_delay(value)?);
+            i += 2;
         } else {
             return Err(ArgError::Syntax);
         }
@@ -195,7 +231,7 @@ pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
         (Some(k), Some(n)) if k <= n => k,
         (Some(_), _) => return Err(ArgError::Permits),
     };
-    Ok(if shared || limit.is_some() {
+    let ask = if shared || limit.is_some() {
         Ask {
             mode: Mode::Shared,
             permits,
@@ -203,7 +239,8 @@ pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
         }
     } else {
         Ask::EXCLUSIVE
-    })
+    };
+    Ok((ask, delay))
 }
 
 /// Typed arguments of `RESERVE.RENEW key holder ttl [TOKEN t]`.
@@ -251,11 +288,15 @@ pub fn parse_lock<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<LockArgs<'a>,
     let [_, key, holder, ttl, rest @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
+    let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
+    let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
+    let (ask, delay_ms) = parse_lock_options(rest, limits.max_holders)?;
     Ok(LockArgs {
         key,
-        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
-        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
-        ask: parse_ask(rest, limits.max_holders)?,
+        holder,
+        ttl_ms,
+        ask,
+        delay_ms,
     })
 }
 
@@ -292,14 +333,44 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
     let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
     let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
     let timeout_ms = parse_timeout(timeout)?;
+    let (ask, delay_ms) = parse_lock_options(rest, limits.max_holders)?;
     Ok(WaitArgs {
         lock: LockArgs {
             key,
             holder,
             ttl_ms,
-            ask: parse_ask(rest, limits.max_holders)?,
+            ask,
+            delay_ms,
         },
         timeout_ms,
+    })
+}
+
+/// Typed arguments of `RESERVE.OBSERVE key token timeout`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObserveArgs<'a> {
+    pub key: &'a [u8],
+    /// The token last seen; 0 for "no grant".
+    pub seen: u64,
+    /// None: as long as it takes.
+    pub timeout_ms: Option<u64>,
+}
+
+pub fn parse_observe<'a>(argv: &[&'a [u8]]) -> Result<ObserveArgs<'a>, ArgError> {
+    let [_, key, token, timeout] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    let seen = match token {
+        [b'0'] => 0,
+        _ => parse_token(token)?,
+    };
+    if seen != 0 && !crate::engine::tokens::is_valid_token(seen) {
+        return Err(ArgError::Token);
+    }
+    Ok(ObserveArgs {
+        key,
+        seen,
+        timeout_ms: parse_timeout(timeout)?,
     })
 }
 
@@ -407,6 +478,9 @@ pub struct SetStateArgs<'a> {
     pub acquired_at_ms: i64,
     pub renewals: u64,
     pub expire_at_ms: Option<i64>,
+    /// The grant's lock-delay (an optional last argument; 0 when absent,
+    /// as in an AOF written before lock-delay existed).
+    pub delay_ms: u32,
 }
 
 /// The internal `RESERVE.TOKENFLOOR token`: raise the token counter.
@@ -422,8 +496,18 @@ fn parse_i64(input: &[u8]) -> Option<i64> {
 }
 
 pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgError> {
-    let [_, key, holder, token, acquired, renewals, expire] = argv else {
-        return Err(ArgError::WrongArity);
+    let (key, holder, token, acquired, renewals, expire, delay) = match argv {
+        [_, key, holder, token, acquired, renewals, expire] => {
+            (key, holder, token, acquired, renewals, expire, None)
+        }
+        [_, key, holder, token, acquired, renewals, expire, delay] => {
+            (key, holder, token, acquired, renewals, expire, Some(delay))
+        }
+        _ => return Err(ArgError::WrongArity),
+    };
+    let delay_ms = match delay {
+        Some(d) => parse_delay(d).map_err(|_| ArgError::Syntax)?,
+        None => 0,
     };
     // Replicated state is bounded like a loaded value: a holder its holder
     // can renew and release, a token in range, a count the value can keep.
@@ -447,6 +531,7 @@ pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgErr
         acquired_at_ms,
         renewals,
         expire_at_ms,
+        delay_ms,
     })
 }
 

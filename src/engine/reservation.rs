@@ -26,16 +26,27 @@ struct Header {
     acquired_at_ms: i64,
     /// Saturates at u32::MAX: four billion renewals of one grant.
     renewals: u32,
+    /// The holder's length; its top bit ([`HAS_DELAY`]) says a lock-delay
+    /// (u32 ms) sits between the header and the holder. A mutex without
+    /// one pays nothing for the feature.
     holder_len: u32,
 }
 
 const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+const HAS_DELAY: u32 = 1 << 31;
+const DELAY_SIZE: usize = std::mem::size_of::<u32>();
+/// Holders are far shorter (`HOLDER_LEN_CAP`); the flag bit must stay free.
+const MAX_STORED_HOLDER: usize = (HAS_DELAY - 1) as usize;
 
-fn layout_for(holder_len: usize) -> Layout {
+fn layout_for(holder_len: usize, has_delay: bool) -> Layout {
+    let extra = if has_delay { DELAY_SIZE } else { 0 };
     // Holders are bounded by `max-holder-len` (at most 1 MiB), far below
     // isize::MAX, so this layout always exists.
-    Layout::from_size_align(HEADER_SIZE + holder_len, std::mem::align_of::<Header>())
-        .unwrap_or_else(|_| Layout::new::<Header>())
+    Layout::from_size_align(
+        HEADER_SIZE + extra + holder_len,
+        std::mem::align_of::<Header>(),
+    )
+    .unwrap_or_else(|_| Layout::new::<Header>())
 }
 
 /// One held reservation, owned: the value of a key of the module's type.
@@ -61,9 +72,23 @@ impl Reservation {
     }
 
     pub fn with_renewals(holder: &[u8], token: u64, acquired_at_ms: i64, renewals: u64) -> Self {
-        let holder_len = u32::try_from(holder.len()).unwrap_or(u32::MAX);
-        let holder = &holder[..holder_len as usize];
-        let layout = layout_for(holder.len());
+        Self::with_delay(holder, token, acquired_at_ms, renewals, 0)
+    }
+
+    /// A reservation whose grant, once its TTL runs out, keeps the key
+    /// from everyone for `delay_ms` (SPEC section 12). The key's Redis
+    /// expiry is then the grant's end plus the delay.
+    pub fn with_delay(
+        holder: &[u8],
+        token: u64,
+        acquired_at_ms: i64,
+        renewals: u64,
+        delay_ms: u32,
+    ) -> Self {
+        let holder = &holder[..holder.len().min(MAX_STORED_HOLDER)];
+        let has_delay = delay_ms > 0;
+        let holder_len = holder.len() as u32 | if has_delay { HAS_DELAY } else { 0 };
+        let layout = layout_for(holder.len(), has_delay);
         // SAFETY: the layout is non-zero-sized (it holds the header).
         let raw = unsafe { alloc::alloc(layout) }.cast::<Header>();
         let Some(ptr) = NonNull::new(raw) else {
@@ -78,7 +103,13 @@ impl Reservation {
                 renewals: u32::try_from(renewals).unwrap_or(u32::MAX),
                 holder_len,
             });
-            let bytes = ptr.as_ptr().cast::<u8>().add(HEADER_SIZE);
+            let mut bytes = ptr.as_ptr().cast::<u8>().add(HEADER_SIZE);
+            if has_delay {
+                bytes
+                    .cast::<[u8; DELAY_SIZE]>()
+                    .write(delay_ms.to_ne_bytes());
+                bytes = bytes.add(DELAY_SIZE);
+            }
             std::ptr::copy_nonoverlapping(holder.as_ptr(), bytes, holder.len());
         }
         Reservation { ptr }
@@ -118,11 +149,15 @@ impl Reservation {
     pub fn renewals(&self) -> u64 {
         self.view().renewals()
     }
+    pub fn delay_ms(&self) -> u32 {
+        self.view().delay_ms()
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let layout = layout_for(self.view().holder().len());
+        let view = self.view();
+        let layout = layout_for(view.holder().len(), view.delay_ms() > 0);
         // SAFETY: allocated in `with_renewals` with this very layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
     }
@@ -164,11 +199,49 @@ impl<'a> ReservationRef<'a> {
         unsafe { self.ptr.as_ref() }
     }
 
+    fn has_delay(self) -> bool {
+        self.header().holder_len & HAS_DELAY != 0
+    }
+
     pub fn holder(self) -> &'a [u8] {
-        let len = self.header().holder_len as usize;
-        // SAFETY: `len` bytes of holder follow the header in the same
-        // allocation, initialised in `with_renewals`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(HEADER_SIZE), len) }
+        let len = (self.header().holder_len & !HAS_DELAY) as usize;
+        let at = HEADER_SIZE + if self.has_delay() { DELAY_SIZE } else { 0 };
+        // SAFETY: `len` bytes of holder follow the header (and the delay,
+        // when flagged) in the same allocation, initialised in
+        // `with_delay`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(at), len) }
+    }
+
+    /// The lock-delay that follows this grant's expiry; 0 for none.
+    pub fn delay_ms(self) -> u32 {
+        if !self.has_delay() {
+            return 0;
+        }
+        // SAFETY: a flagged allocation holds the delay right after the
+        // header, written in `with_delay` (read unaligned: the header's
+        // alignment covers it, but nothing needs more than bytes).
+        let bytes = unsafe {
+            self.ptr
+                .as_ptr()
+                .cast::<u8>()
+                .add(HEADER_SIZE)
+                .cast::<[u8; DELAY_SIZE]>()
+                .read()
+        };
+        u32::from_ne_bytes(bytes)
+    }
+
+    /// When the grant itself ends, given the key's Redis expiry (which
+    /// runs on through the delay).
+    pub fn grant_end(self, key_expire_ms: i64) -> i64 {
+        key_expire_ms.saturating_sub(i64::from(self.delay_ms()))
+    }
+
+    /// Whether the grant has ended and the key only waits out its delay.
+    /// A key is live while `now <= expire` (Redis's rule), and so is the
+    /// grant while `now <= grant_end`.
+    pub fn in_delay(self, key_expire_ms: Option<i64>, now_ms: i64) -> bool {
+        self.delay_ms() > 0 && key_expire_ms.is_some_and(|e| now_ms > self.grant_end(e))
     }
     pub fn token(self) -> u64 {
         self.header().token
@@ -182,7 +255,7 @@ impl<'a> ReservationRef<'a> {
 
     /// Bytes this value occupies on the heap, for `MEMORY USAGE`.
     pub fn heap_size(self) -> usize {
-        HEADER_SIZE + self.holder().len()
+        HEADER_SIZE + self.holder().len() + if self.has_delay() { DELAY_SIZE } else { 0 }
     }
 
     /// Holder and token both match (the token only when one is given).
@@ -191,11 +264,12 @@ impl<'a> ReservationRef<'a> {
     }
 
     pub fn to_owned(self) -> Reservation {
-        Reservation::with_renewals(
+        Reservation::with_delay(
             self.holder(),
             self.token(),
             self.acquired_at_ms(),
             self.renewals(),
+            self.delay_ms(),
         )
     }
 
@@ -217,6 +291,7 @@ impl PartialEq for ReservationRef<'_> {
             && self.token() == other.token()
             && self.acquired_at_ms() == other.acquired_at_ms()
             && self.renewals() == other.renewals()
+            && self.delay_ms() == other.delay_ms()
     }
 }
 
@@ -227,7 +302,33 @@ impl fmt::Debug for ReservationRef<'_> {
             .field("token", &self.token())
             .field("acquired_at_ms", &self.acquired_at_ms())
             .field("renewals", &self.renewals())
+            .field("delay_ms", &self.delay_ms())
             .finish()
+    }
+}
+
+/// How long a grant lasts and the lock-delay after it: together they give
+/// the key's Redis expiry (the grant's end plus the delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl {
+    pub ttl_ms: u64,
+    pub delay_ms: u32,
+}
+
+impl Ttl {
+    pub fn new(ttl_ms: u64, delay_ms: u32) -> Ttl {
+        Ttl { ttl_ms, delay_ms }
+    }
+
+    /// When a grant made at `now` ends.
+    pub fn grant_end(self, now_ms: i64) -> i64 {
+        now_ms.saturating_add(i64::try_from(self.ttl_ms).unwrap_or(i64::MAX))
+    }
+
+    /// The Redis expiry of a key granted at `now`.
+    pub fn key_expire(self, now_ms: i64) -> i64 {
+        self.grant_end(now_ms)
+            .saturating_add(i64::from(self.delay_ms))
     }
 }
 
@@ -243,6 +344,45 @@ pub enum Current<'a> {
     Legacy(&'a [u8]),
     /// Shared or counted grants (see `grants.rs`).
     Grants(&'a GrantSet),
+    /// A grant whose TTL ran out, in its lock-delay: granted to no one
+    /// until the key expires (SPEC section 12).
+    Delayed(ReservationRef<'a>),
+}
+
+/// The grant `RESERVE.OBSERVE` reports: the oldest current one, as
+/// (holder, token); an old library's lock has no token (0). None when the
+/// key is granted to no one (free, or in its lock-delay).
+pub fn current_grant(current: Current<'_>, now_ms: i64) -> Option<(&[u8], u64)> {
+    match current {
+        Current::Held(r) => Some((r.holder(), r.token())),
+        Current::Legacy(value) => Some((value, 0)),
+        Current::Grants(set) => set
+            .grants()
+            .iter()
+            .find(|g| g.expires_at_ms > now_ms)
+            .map(|g| (&*g.holder, g.token)),
+        Current::Free | Current::Delayed(_) => None,
+    }
+}
+
+/// When what `current_grant` reports may next change by time alone (a
+/// grant's expiry, a delay's end), given the key's Redis expiry; None when
+/// only a command can change it.
+pub fn next_change(current: Current<'_>, key_expire_ms: Option<i64>, now_ms: i64) -> Option<i64> {
+    // A key is live while now <= expire: it changes one ms later.
+    let after = |at: i64| at.saturating_add(1);
+    match current {
+        Current::Free => None,
+        Current::Held(r) => key_expire_ms.map(|e| after(r.grant_end(e))),
+        Current::Delayed(_) | Current::Legacy(_) => key_expire_ms.map(after),
+        // A grant ends at its expiry instant.
+        Current::Grants(set) => set
+            .grants()
+            .iter()
+            .map(|g| g.expires_at_ms)
+            .filter(|&at| at > now_ms)
+            .min(),
+    }
 }
 
 /// What `RESERVE.LOCK` (and the immediate path of `RESERVE.WAIT`) does.
@@ -265,7 +405,9 @@ pub fn decide_lock(current: Current<'_>, holder: &[u8], waiters_queued: bool) ->
         Current::Free if waiters_queued => LockDecision::HandOffFirst,
         Current::Free => LockDecision::Grant,
         Current::Held(r) if r.holder() == holder => LockDecision::Reacquire { token: r.token() },
-        Current::Held(_) | Current::Legacy(_) | Current::Grants(_) => LockDecision::Held,
+        Current::Held(_) | Current::Legacy(_) | Current::Grants(_) | Current::Delayed(_) => {
+            LockDecision::Held
+        }
     }
 }
 
@@ -298,17 +440,18 @@ pub fn holds_live(current: Current<'_>, holder: &[u8], token: u64, now_ms: i64) 
         Current::Grants(set) => set
             .find(holder)
             .is_some_and(|g| g.token == token && g.expires_at_ms > now_ms),
-        Current::Free | Current::Legacy(_) => false,
+        Current::Free | Current::Legacy(_) | Current::Delayed(_) => false,
     }
 }
 
 /// A renewed copy of `r` (renewal count + 1); the caller sets the expiry.
 pub fn renewed(r: ReservationRef<'_>) -> Reservation {
-    Reservation::with_renewals(
+    Reservation::with_delay(
         r.holder(),
         r.token(),
         r.acquired_at_ms(),
         r.renewals().saturating_add(1),
+        r.delay_ms(),
     )
 }
 
@@ -414,6 +557,7 @@ mod tests {
             renewals: 0,
             mode: Mode::Shared,
             permits: 1,
+            delay_ms: 0,
         });
         assert!(holds_live(Current::Grants(&set), b"r", 7, NOW + 9));
         assert!(

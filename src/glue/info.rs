@@ -9,7 +9,7 @@ use crate::glue::datatype::{live_grants, live_reservations};
 use crate::glue::ffi::rm;
 use crate::glue::state::{last_token, Stats, STATS, WAITERS_QUEUED};
 
-fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 14] {
+fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 18] {
     [
         ("grants", &s.grants),
         ("reacquires", &s.reacquires),
@@ -25,6 +25,10 @@ fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 14] {
         ("wrongtype_waiters", &s.wrongtype_waiters),
         ("guard_runs", &s.guard_runs),
         ("guard_fenced", &s.guard_fenced),
+        ("lock_delays", &s.lock_delays),
+        ("observes", &s.observes),
+        ("observe_wakeups", &s.observe_wakeups),
+        ("observe_timeouts", &s.observe_timeouts),
     ]
 }
 
