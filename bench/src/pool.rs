@@ -144,10 +144,18 @@ impl Pool {
     /// Reads what connection `i` has and queues the complete replies.
     fn drain(&mut self, i: usize) {
         let c = &mut self.conns[i];
+        // One read per readiness report, unless it filled the buffer
+        // (level-triggered: what is left is reported again), so a small
+        // reply costs one system call, not a second one for EAGAIN.
         loop {
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => panic!("server closed pool connection {i}"),
-                Ok(n) => c.buf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    c.buf.extend_from_slice(&self.scratch[..n]);
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("pool connection {i}: read: {e}"),
