@@ -373,13 +373,31 @@ fn notice_run(
     (out, messages)
 }
 
+/// The floor of part 1: a PING round trip after the same pause.
+fn ping_run(port: u16, trials: usize) -> Vec<f64> {
+    let mut c = RawConn::connect(port);
+    let mut out = Vec::with_capacity(trials);
+    for trial in 0..WARMUP + trials {
+        thread::sleep(PAUSE);
+        let t0 = Instant::now();
+        c.send(&["PING"]);
+        let r = c.recv();
+        let t1 = Instant::now();
+        assert_eq!(r, Reply::Simple("PONG".into()));
+        if trial >= WARMUP {
+            out.push(us_between(t0, t1));
+        }
+    }
+    out
+}
+
 fn notices(
     sizes: &Sizes,
     port: u16,
     ctl: &mut redis::Connection,
     mechs: &[Mech],
     log: &mut dyn FnMut(&str),
-) -> Vec<NoticeRow> {
+) -> (Vec<NoticeRow>, Vec<Vec<f64>>) {
     let mut rows: Vec<NoticeRow> = mechs
         .iter()
         .flat_map(|&mech| {
@@ -392,7 +410,9 @@ fn notices(
         })
         .collect();
     let mut messages = vec![0usize; mechs.len()];
+    let mut pings = Vec::new();
     for round in 0..sizes.observe_rounds {
+        pings.push(ping_run(port, sizes.notice_trials));
         // Alternate which mechanism goes first.
         let mut order: Vec<usize> = (0..mechs.len()).collect();
         if round % 2 == 1 {
@@ -421,7 +441,7 @@ fn notices(
             rows[m * CHANGES.len() + c].messages_per_change = n as f64 / (3.0 * cycles);
         }
     }
-    rows
+    (rows, pings)
 }
 
 // ---------------------------------------------------------------- part 2
@@ -912,6 +932,8 @@ fn crowds(
 pub struct Results {
     pub has_observe: bool,
     pub notices: Vec<NoticeRow>,
+    /// A PING round trip per round, after the same pause: the floor.
+    pub pings: Vec<Vec<f64>>,
     pub reconnects: Vec<ReconnectRow>,
     pub crowds: Vec<CrowdRow>,
 }
@@ -934,12 +956,13 @@ pub fn run(sizes: &Sizes, log: &mut dyn FnMut(&str)) -> Results {
     } else {
         vec![Crowd::Keyspace, Crowd::Publish]
     };
-    let notices = notices(sizes, port, &mut ctl, &mechs, log);
+    let (notices, pings) = notices(sizes, port, &mut ctl, &mechs, log);
     let reconnects = reconnects(sizes, port, &mut ctl, &mechs, log);
     let crowds = crowds(sizes, port, &mut ctl, &kinds, log);
     Results {
         has_observe,
         notices,
+        pings,
         reconnects,
         crowds,
     }
@@ -999,6 +1022,17 @@ pub fn report(r: &Results, sizes: &Sizes) -> String {
         PAUSE.as_millis(),
         sizes.notice_trials
     ));
+    {
+        let p50: Vec<f64> = r.pings.iter().map(|s| percentile(s, 50.0)).collect();
+        let p99: Vec<f64> = r.pings.iter().map(|s| percentile(s, 99.0)).collect();
+        md.push_str(&format!(
+            "| reference: one PING round trip, same pause (each round, before the followers) | \
+             | {} | {} | {} | |\n",
+            r.pings.iter().map(Vec::len).sum::<usize>(),
+            spread(&p50, &|v| fmt_us(v)),
+            spread(&p99, &|v| fmt_us(v)),
+        ));
+    }
     for change in CHANGES {
         for row in r.notices.iter().filter(|n| n.change == change) {
             let p50: Vec<f64> = row.rounds.iter().map(|s| percentile(s, 50.0)).collect();
