@@ -383,13 +383,14 @@ fn info_resp2_is_a_flat_array_in_order() {
     );
     assert_eq!(fields[4].1, Value::Int(1));
     assert_eq!(fields[5].1, Value::BulkString(b"exclusive".to_vec()));
-    assert_eq!(fields[6].1, Value::Int(0), "no limit");
-    assert_eq!(fields[7].1, Value::Int(1), "permits used");
-    assert_eq!(fields[8].1, Value::Int(0));
-    assert_eq!(fields[9].1, Value::Array(vec![]));
+    assert_eq!(fields[6].1, Value::Int(0), "no lock-delay running");
+    assert_eq!(fields[7].1, Value::Int(0), "no limit");
+    assert_eq!(fields[8].1, Value::Int(1), "permits used");
+    assert_eq!(fields[9].1, Value::Int(0));
+    assert_eq!(fields[10].1, Value::Array(vec![]));
     // One grant, the oldest's fields again plus its mode and permits.
-    let Value::Array(holders) = &fields[10].1 else {
-        panic!("holders: {:?}", fields[10].1)
+    let Value::Array(holders) = &fields[11].1 else {
+        panic!("holders: {:?}", fields[11].1)
     };
     let [Value::Array(grant)] = holders.as_slice() else {
         panic!("one grant: {holders:?}")
@@ -420,7 +421,7 @@ fn info_resp3_is_a_map() {
         panic!("RESP3 RESERVE.INFO must be a map, got {reply:?}");
     };
     let map: HashMap<String, Value> = pairs.iter().map(|(k, v)| (text(k), v.clone())).collect();
-    assert_eq!(map.len(), 11, "{map:?}");
+    assert_eq!(map.len(), 12, "{map:?}");
     let keys: Vec<String> = pairs.iter().map(|(k, _)| text(k)).collect();
     assert_eq!(keys, FIELDS);
     assert_eq!(map["holder"], Value::BulkString(b"w1".to_vec()));

@@ -568,6 +568,60 @@ mod tests {
     }
 
     #[test]
+    fn a_delay_rides_in_the_same_allocation_only_when_there_is_one() {
+        let plain = Reservation::new(b"worker", 9, NOW);
+        let delayed = Reservation::with_delay(b"worker", 9, NOW, 3, 1500);
+        assert_eq!(plain.delay_ms(), 0);
+        assert_eq!(delayed.delay_ms(), 1500);
+        assert_eq!(delayed.holder(), b"worker");
+        assert_eq!(delayed.renewals(), 3);
+        assert_eq!(plain.view().heap_size() + 4, delayed.view().heap_size());
+        assert_ne!(plain, Reservation::with_delay(b"worker", 9, NOW, 0, 1));
+        let renewed = renewed(delayed.view());
+        assert_eq!((renewed.delay_ms(), renewed.renewals()), (1500, 4));
+        assert_eq!(delayed.clone(), delayed);
+        // The key's expiry is the grant's end plus the delay.
+        let expire = NOW + 10_000;
+        assert_eq!(delayed.view().grant_end(expire), NOW + 8_500);
+        assert!(!delayed.view().in_delay(Some(expire), NOW + 8_500));
+        assert!(delayed.view().in_delay(Some(expire), NOW + 8_501));
+        assert!(!plain.view().in_delay(Some(expire), NOW + 9_999));
+        assert!(!delayed.view().in_delay(None, NOW + 9_999));
+        let ttl = Ttl::new(2_000, 500);
+        assert_eq!(
+            (ttl.grant_end(NOW), ttl.key_expire(NOW)),
+            (NOW + 2_000, NOW + 2_500)
+        );
+    }
+
+    #[test]
+    fn a_key_in_its_delay_is_granted_to_no_one() {
+        let r = Reservation::with_delay(b"w1", 42, NOW, 0, 1000);
+        let delayed = Current::Delayed(r.view());
+        assert_eq!(decide_lock(delayed, b"w1", false), LockDecision::Held);
+        assert_eq!(decide_lock(delayed, b"w2", false), LockDecision::Held);
+        assert_eq!(
+            decide_owner(delayed, b"w1", Some(42)),
+            OwnerDecision::NotOwner
+        );
+        assert!(!holds_live(delayed, b"w1", 42, NOW));
+        assert_eq!(current_grant(delayed, NOW), None);
+        let held = Current::Held(r.view());
+        assert_eq!(current_grant(held, NOW), Some((&b"w1"[..], 42)));
+        assert_eq!(
+            current_grant(Current::Legacy(b"old"), NOW),
+            Some((&b"old"[..], 0))
+        );
+        assert_eq!(current_grant(Current::Free, NOW), None);
+        // What may change by time alone, and when.
+        let expire = NOW + 5_000;
+        assert_eq!(next_change(held, Some(expire), NOW), Some(NOW + 4_001));
+        assert_eq!(next_change(delayed, Some(expire), NOW), Some(expire + 1));
+        assert_eq!(next_change(Current::Free, None, NOW), None);
+        assert_eq!(next_change(held, None, NOW), None);
+    }
+
+    #[test]
     fn renewal_counts_and_keeps_identity() {
         let r = Reservation::new(b"w1", 42, NOW);
         let r2 = renewed(renewed(r.view()).view());
