@@ -1296,6 +1296,7 @@ fn command_info_getkeys_and_docs() {
         "RESERVE.RELEASE",
         "RESERVE.WAIT",
         "RESERVE.INFO",
+        "RESERVE.OBSERVE",
     ] {
         let reply = call_str(&mut c, &["COMMAND", "DOCS", name]).unwrap();
         let Value::Array(top) = reply else {
@@ -1315,7 +1316,7 @@ fn command_info_getkeys_and_docs() {
         // LOCK and WAIT document their options, so redis-cli hints them.
         if name == "RESERVE.LOCK" || name == "RESERVE.WAIT" {
             let args = format!("{doc:?}");
-            for option in ["SHARED", "LIMIT", "PERMITS"] {
+            for option in ["SHARED", "LIMIT", "PERMITS", "DELAY"] {
                 assert!(args.contains(option), "{name} docs lack {option}: {args}");
             }
         }
@@ -1368,6 +1369,8 @@ fn random_arg(rng: &mut StdRng) -> Vec<u8> {
         "shared",
         "LIMIT",
         "PERMITS",
+        "DELAY",
+        "3600001",
         "",
         " ",
         "\0",
@@ -1430,6 +1433,7 @@ fn hostile_argument_sweep_never_crashes() {
         "RESERVE.GUARD",
         "RESERVE.LOCKALL",
         "RESERVE.WAITALL",
+        "RESERVE.OBSERVE",
     ];
     let mut rng = StdRng::seed_from_u64(0x5EED_0F2E);
     let (mut values, mut errors) = (0u32, 0u32);
@@ -1437,8 +1441,9 @@ fn hostile_argument_sweep_never_crashes() {
         for i in 0..2000 {
             let n = rng.gen_range(0..=8);
             let mut args: Vec<Vec<u8>> = (0..n).map(|_| random_arg(&mut rng)).collect();
-            if name == "RESERVE.WAITALL" && args.len() > 2 {
-                // Never a blocking timeout: the keys may be held.
+            if (name == "RESERVE.WAITALL" || name == "RESERVE.OBSERVE") && args.len() > 2 {
+                // Never a blocking timeout: the keys may be held, the
+                // observed grant may not change.
                 args[2] = b"0.01".to_vec();
             }
             if name == "RESERVE.WAIT" {
