@@ -298,7 +298,7 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
     // Twice at most: waiters admitted first, then the request itself.
     for _ in 0..2 {
         let (occupancy, mine) =
-            granting::occupancy(key, req.holder).ok_or(Failure::Message(errors::WRONGTYPE))?;
+            granting::occupancy(key, req.holder, now).ok_or(Failure::Message(errors::WRONGTYPE))?;
         let queued = st.waiters.len(&qk) > 0;
         let head_fits = blocking::head_fits(&mut st, &qk, occupancy);
         let decision = decide_acquire(
