@@ -48,6 +48,16 @@ fn an_expired_grant_keeps_its_key_from_everyone_for_the_delay() {
         0,
         "not even the old holder"
     );
+    assert_eq!(
+        lock(&mut c, &["job", "w1", "10", "SHARED"]),
+        0,
+        "nor shared"
+    );
+    assert_eq!(lock(&mut c, &["job", "w2", "10", "LIMIT", "3"]), 0);
+    assert_eq!(
+        call_str(&mut c, &["RESERVE.LOCKALL", "w1", "10", "job"]).unwrap(),
+        Value::Nil
+    );
     assert_eq!(int(&mut c, &["RESERVE.RENEW", "job", "w1", "10"]), 0);
     assert_eq!(int(&mut c, &["RESERVE.RELEASE", "job", "w1"]), 0);
     let i = info(&mut c, b"job").unwrap();
