@@ -808,6 +808,62 @@ mod tests {
     }
 
     #[test]
+    fn delays_and_observe() {
+        let lock = |rest: &[&[u8]]| {
+            let mut argv: Vec<&[u8]> = vec![b"RESERVE.LOCK", b"k", b"w", b"5"];
+            argv.extend_from_slice(rest);
+            parse_lock(&argv, LIMITS).map(|a| (a.ask, a.delay_ms))
+        };
+        assert_eq!(lock(&[]), Ok((Ask::EXCLUSIVE, None)));
+        assert_eq!(lock(&[b"DELAY", b"0"]), Ok((Ask::EXCLUSIVE, Some(0))));
+        assert_eq!(lock(&[b"delay", b"3600000"]).unwrap().1, Some(3_600_000));
+        assert_eq!(
+            lock(&[b"SHARED", b"DELAY", b"5"]).unwrap().0.mode,
+            Mode::Shared
+        );
+        for bad in [
+            &b"-1"[..],
+            b"3600001",
+            b"x",
+            b"",
+            b"1.5",
+            b"+5",
+            b"99999999999",
+        ] {
+            assert_eq!(lock(&[b"DELAY", bad]), Err(ArgError::Delay), "{bad:?}");
+        }
+        assert_eq!(lock(&[b"DELAY"]), Err(ArgError::Syntax));
+        assert_eq!(
+            lock(&[b"DELAY", b"1", b"DELAY", b"1"]),
+            Err(ArgError::Syntax)
+        );
+        let wait = parse_wait(&[b"W", b"k", b"w", b"5", b"0", b"DELAY", b"7"], LIMITS);
+        assert_eq!(wait.unwrap().lock.delay_ms, Some(7));
+
+        let observe = |token: &[u8], timeout: &[u8]| {
+            parse_observe(&[b"RESERVE.OBSERVE", b"k", token, timeout])
+                .map(|o| (o.seen, o.timeout_ms))
+        };
+        assert_eq!(observe(b"0", b"0"), Ok((0, None)));
+        assert_eq!(observe(b"42", b"1.5"), Ok((42, Some(1500))));
+        assert_eq!(
+            observe(b"9007199254740991", b"1"),
+            Ok((9_007_199_254_740_991, Some(1000)))
+        );
+        for bad in [&b"-1"[..], b"x", b"", b"00", b"9007199254740992"] {
+            assert_eq!(observe(bad, b"1"), Err(ArgError::Token), "{bad:?}");
+        }
+        assert_eq!(observe(b"1", b"-1"), Err(ArgError::Timeout));
+        assert_eq!(
+            parse_observe(&[b"RESERVE.OBSERVE", b"k", b"1"]),
+            Err(ArgError::WrongArity)
+        );
+        let s = parse_set_state(&[b"X", b"k", b"h", b"5", b"1", b"2", b"9", b"250"]).unwrap();
+        assert_eq!(s.delay_ms, 250);
+        assert!(parse_set_state(&[b"X", b"k", b"h", b"5", b"1", b"2", b"9", b"-1"]).is_err());
+    }
+
+    #[test]
     fn set_state() {
         let s = parse_set_state(&[b"X", b"k", b"h", b"5", b"1000", b"2", b"99999"]).unwrap();
         assert_eq!(s.token, 5);
@@ -836,6 +892,8 @@ mod tests {
             Just(b"SHARED".to_vec()),
             Just(b"LIMIT".to_vec()),
             Just(b"PERMITS".to_vec()),
+            Just(b"DELAY".to_vec()),
+            Just(b"3600001".to_vec()),
             Just(b"nan".to_vec()),
             Just(b"0".to_vec()),
         ]
@@ -852,6 +910,11 @@ mod tests {
             if let Ok(a) = parse_lock(&argv, LIMITS) {
                 prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
                 prop_assert!(!a.holder.is_empty() && a.holder.len() <= HOLDER_LEN_CAP);
+                prop_assert!(a.delay_ms.is_none_or(|d| u64::from(d) <= MAX_DELAY_MS));
+            }
+            if let Ok(o) = parse_observe(&argv) {
+                prop_assert!(o.seen == 0 || crate::engine::tokens::is_valid_token(o.seen));
+                prop_assert!(o.timeout_ms.is_none_or(|t| t > 0 && t <= MAX_TIMEOUT_MS));
             }
             if let Ok(a) = parse_renew(&argv, LIMITS) {
                 prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
@@ -876,6 +939,7 @@ mod tests {
             }
             if let Ok(a) = parse_set_state(&argv) {
                 prop_assert!(crate::engine::tokens::is_valid_token(a.token));
+                prop_assert!(u64::from(a.delay_ms) <= MAX_DELAY_MS);
             }
         }
 

@@ -541,6 +541,49 @@ mod tests {
     }
 
     #[test]
+    fn the_last_grants_to_expire_leave_the_latest_delay() {
+        let mut a = grant("a", 10, Mode::Shared, 1, NOW + 100);
+        a.delay_ms = 1_000;
+        let mut b = grant("b", 11, Mode::Shared, 1, NOW + 200);
+        b.delay_ms = 500;
+        let c = grant("c", 12, Mode::Shared, 1, NOW + 300);
+        let expired = [a.clone(), b.clone(), c.clone()];
+        let (g, until) = GrantSet::delay_after(&expired, NOW + 300).unwrap();
+        assert_eq!((g.token, until), (10, NOW + 1_100));
+        assert!(
+            GrantSet::delay_after(&expired, NOW + 1_100).is_none(),
+            "over"
+        );
+        assert!(GrantSet::delay_after(&[c], NOW + 300).is_none(), "no delay");
+        let mut set = GrantSet::new(0);
+        set.insert(a);
+        set.insert(b);
+        assert_eq!(set.key_expiry(), Some(NOW + 1_100));
+    }
+
+    #[test]
+    fn version_1_encodings_still_decode_with_no_delay() {
+        let mut set = GrantSet::new(3);
+        let mut g = grant("reader", 77, Mode::Shared, 2, NOW + 50);
+        g.delay_ms = 250;
+        set.insert(g);
+        let v2 = set.encode();
+        assert_eq!(GrantSet::decode(&v2, 100), Ok(set.clone()));
+        // Version 1 is version 2 without the four delay bytes.
+        let mut v1 = v2.clone();
+        v1[0] = ENCODING_V1;
+        let holder_at = v1.len() - b"reader".len() - 4;
+        v1.drain(holder_at - 4..holder_at);
+        let old = GrantSet::decode(&v1, 100).unwrap();
+        assert_eq!(old.grants()[0].delay_ms, 0);
+        assert_eq!(old.grants()[0].token, 77);
+        // A delay beyond the maximum is refused.
+        let mut bad = v2.clone();
+        bad[holder_at..holder_at + 4].copy_from_slice(&3_600_001u32.to_le_bytes());
+        assert_eq!(GrantSet::decode(&bad, 100), Err(DecodeError));
+    }
+
+    #[test]
     fn what_fits() {
         let free = Occupancy::default();
         assert!(free.fits(&Ask::EXCLUSIVE));

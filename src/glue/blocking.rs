@@ -68,7 +68,7 @@ pub fn admit_waiters(
     if let Some(gid) = st.waiters.front(qk).and_then(|(_, w)| w.group) {
         return grant_group(ctx, st, gid, now);
     }
-    let Some((occupancy, _)) = granting::occupancy(key, b"") else {
+    let Some((occupancy, _)) = granting::occupancy(key, b"", now) else {
         return 0;
     };
     let occupancy = with_queue_limit(st, qk, occupancy);

@@ -15,8 +15,8 @@ use crate::engine::args::{self, ArgError, LockArgs};
 use crate::engine::errors;
 use crate::engine::grants::{decide_acquire, Acquire, Ask, Grant, GrantSet, Mode};
 use crate::engine::reservation::{
-    decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation, ReservationRef,
-    Ttl,
+    decide_lock, decide_owner, renewed, Current, LockDecision, OwnerDecision, Reservation,
+    ReservationRef, Ttl,
 };
 use crate::glue::blocking::{self, block_waiter, queue_key, WaitRequest};
 use crate::glue::config;
@@ -298,7 +298,7 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
     // Twice at most: waiters admitted first, then the request itself.
     for _ in 0..2 {
         let (occupancy, mine) =
-            granting::occupancy(key, req.holder).ok_or(Failure::Message(errors::WRONGTYPE))?;
+            granting::occupancy(key, req.holder, now).ok_or(Failure::Message(errors::WRONGTYPE))?;
         let queued = st.waiters.len(&qk) > 0;
         let head_fits = blocking::head_fits(&mut st, &qk, occupancy);
         let decision = decide_acquire(
@@ -534,11 +534,17 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
             // SAFETY: the value is ours, alive while the key is open, and
             // no other reference into it is live here.
             let r = unsafe { ReservationRef::from_raw(r) };
-            // SAFETY: as above.
-            unsafe { r.increment_renewals() };
             // The delay runs on after the renewed expiry.
             expire_at = Ttl::new(a.ttl_ms, r.delay_ms()).key_expire(now);
-            replicate_state(ctx, a.key, r, expire_at);
+            // SAFETY: as above.
+            if unsafe { r.increment_renewals() } {
+                replicate_state(ctx, a.key, r, expire_at);
+            } else {
+                // The count outgrew its packed field: stored anew.
+                let fresh = renewed(r);
+                replicate_state(ctx, a.key, fresh.view(), expire_at);
+                key.set_reservation(fresh);
+            }
         }
         OwnerDecision::LegacyOwner => {
             let at = expire_at.to_string();

@@ -119,15 +119,16 @@ pub fn value_of(key: &OpenKey) -> Option<ValueRef<'_>> {
     }
 }
 
-/// What the key holds and `holder`'s own grant on it, or None for a value
-/// of another type (WRONGTYPE). An old library's plain string counts as an
-/// exclusive grant of nobody the module knows.
-pub fn occupancy(key: &OpenKey, holder: &[u8]) -> Option<(Occupancy, Option<Mine>)> {
+/// What the key holds at `now` and `holder`'s own grant on it, or None for
+/// a value of another type (WRONGTYPE). An old library's plain string, and
+/// a key waiting out a lock-delay, count as an exclusive grant of nobody.
+pub fn occupancy(key: &OpenKey, holder: &[u8], now: i64) -> Option<(Occupancy, Option<Mine>)> {
     Some(match key.kind() {
         KeyKind::Empty => (Occupancy::default(), None),
         KeyKind::LegacyString => (Occupancy::EXCLUSIVE, None),
         KeyKind::Other => return None,
         KeyKind::Reservation(_) => match value_of(key)? {
+            ValueRef::Mutex(r) if r.in_delay(key.abs_expire(), now) => (Occupancy::EXCLUSIVE, None),
             ValueRef::Mutex(r) => {
                 let mine = (r.holder() == holder).then_some(Mine {
                     token: r.token(),

@@ -52,6 +52,7 @@ pub extern "C" fn info_callback(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_re
         "waiters",
         WAITERS_QUEUED.load(Ordering::Relaxed) as u64,
     );
+    add_field(ctx, "observers", crate::glue::observers::observing() as u64);
     for (name, counter) in counters(&STATS) {
         add_field(ctx, name, counter.load(Ordering::Relaxed));
     }
