@@ -879,6 +879,7 @@ fn crowds(
     ctl: &mut redis::Connection,
     kinds: &[Crowd],
     log: &mut dyn FnMut(&str),
+    skipped: &mut Vec<(usize, usize)>,
 ) -> Vec<CrowdRow> {
     let mut rows = Vec::new();
     let server_pid = common::info_u64(ctl, "server", "process_id");
@@ -886,7 +887,22 @@ fn crowds(
     let mut pool = Pool::new();
     let mut hello = Vec::new();
     encode(&["HELLO", "3"], &mut hello);
+    // The current limit (asking for 0 changes nothing); 0 means unknown.
+    let fd_limit = match crate::machine::raise_fd_limit(0) {
+        0 => usize::MAX,
+        n => n as usize,
+    };
     for &n in &sizes.observers {
+        // Every watcher is a descriptor here and one in the server (which
+        // inherited this limit); keep 200 for everything else.
+        if FIRST + n + 200 > fd_limit {
+            log(&format!(
+                "  {} watchers: skipped, the open-files limit is {fd_limit}",
+                fmt_int(n as u64)
+            ));
+            skipped.push((n, fd_limit));
+            continue;
+        }
         let had = pool.len();
         pool.grow(port, FIRST + n);
         // Every connection speaks RESP3, so a subscribed keyspace watcher
@@ -936,6 +952,8 @@ pub struct Results {
     pub pings: Vec<Vec<f64>>,
     pub reconnects: Vec<ReconnectRow>,
     pub crowds: Vec<CrowdRow>,
+    /// Crowd sizes left out: (watchers, the open-files limit).
+    pub skipped: Vec<(usize, usize)>,
 }
 
 pub fn run(sizes: &Sizes, log: &mut dyn FnMut(&str)) -> Results {
@@ -958,13 +976,15 @@ pub fn run(sizes: &Sizes, log: &mut dyn FnMut(&str)) -> Results {
     };
     let (notices, pings) = notices(sizes, port, &mut ctl, &mechs, log);
     let reconnects = reconnects(sizes, port, &mut ctl, &mechs, log);
-    let crowds = crowds(sizes, port, &mut ctl, &kinds, log);
+    let mut skipped = Vec::new();
+    let crowds = crowds(sizes, port, &mut ctl, &kinds, log, &mut skipped);
     Results {
         has_observe,
         notices,
         pings,
         reconnects,
         crowds,
+        skipped,
     }
 }
 
@@ -1123,6 +1143,12 @@ pub fn report(r: &Results, sizes: &Sizes) -> String {
          |---:|---|---:|---:|---:|---:|---:|---:|\n",
         sizes.crowd_rounds
     ));
+    for &(n, limit) in &r.skipped {
+        md.push_str(&format!(
+            "| {} | skipped: the open-files limit is {limit} | | | | | | |\n",
+            fmt_int(n as u64)
+        ));
+    }
     for row in &r.crowds {
         let col = |f: &dyn Fn(&Wake) -> f64| -> Vec<f64> { row.rounds.iter().map(f).collect() };
         let pings = median(&col(&|w| w.pings as f64));
