@@ -177,6 +177,47 @@ fn shared_grants_wait_out_the_delay_only_when_none_is_left() {
     );
 }
 
+/// A shared grant that expired while another was still held left the key
+/// held: its delay never applies, whether the expiries are processed one
+/// by one as they come or together after a restart.
+#[test]
+fn only_the_grant_that_leaves_the_key_empty_brings_its_delay() {
+    let mut server = Server::start();
+    let mut c = server.conn();
+    for restart in [false, true] {
+        call_str(&mut c, &["DEL", "k"]).unwrap();
+        lock(&mut c, &["k", "early", "0.3", "SHARED", "DELAY", "600000"]);
+        lock(&mut c, &["k", "late", "0.6", "SHARED"]);
+        if restart {
+            // Saved and reloaded before either expires: no timer of the
+            // old process sees the first expiry on its own.
+            call_str(&mut c, &["SAVE"]).unwrap();
+            drop(c);
+            server.kill9();
+            server.restart();
+            c = server.conn();
+        }
+        wait_until(DEADLINE, "both grants expired", || {
+            info(&mut c, b"k").is_none()
+        });
+        assert!(
+            lock(&mut c, &["k", "writer", "10"]) > 0,
+            "restart {restart}"
+        );
+    }
+    // The last to expire brings its delay, and INFO shows it even before a
+    // command converts the key.
+    call_str(&mut c, &["DEL", "k"]).unwrap();
+    let t = lock(&mut c, &["k", "first", "0.2", "SHARED"]);
+    let last = lock(&mut c, &["k", "last", "0.4", "SHARED", "DELAY", "600000"]);
+    assert!(last > t);
+    wait_for_delay(&mut c, "k");
+    let i = info(&mut c, b"k").unwrap();
+    assert_eq!(field(&i, "holder"), &Value::BulkString(b"last".to_vec()));
+    assert_eq!(int_field(&i, "token"), last);
+    assert_eq!(lock(&mut c, &["k", "writer", "10"]), 0);
+}
+
 #[test]
 fn bad_delays_are_errors() {
     let server = Server::start();

@@ -97,6 +97,11 @@ fn every_change_wakes_the_observers() {
     let t3 = lock(&mut c, &["k", "w3", "1"]);
     let h = observe_in_background(&server, "k", t3);
     assert_eq!(h.join().unwrap().unwrap(), seen(None, 0));
+    // A RENEW that shortens the grant moves the instant observers wake.
+    let t3b = lock(&mut c, &["k", "w3b", "60"]);
+    let h = observe_in_background(&server, "k", t3b);
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "k", "w3b", "0.2"]), 1);
+    assert_eq!(h.join().unwrap().unwrap(), seen(None, 0));
     // Expiry into a lock-delay: no grant, though the key stays.
     let t4 = lock(&mut c, &["k", "w4", "1", "DELAY", "60000"]);
     let h = observe_in_background(&server, "k", t4);

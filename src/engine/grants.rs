@@ -313,12 +313,14 @@ impl GrantSet {
         Some((first, last))
     }
 
-    /// The key's Redis expiry: no grant outlives it, nor any delay that may
-    /// follow the last grant's expiry.
+    /// The key's Redis expiry: no grant outlives it, nor the delay that
+    /// follows the last grants' expiry (see `delay_after`).
     pub fn key_expiry(&self) -> Option<i64> {
+        let last = self.grants.iter().map(|g| g.expires_at_ms).max()?;
         self.grants
             .iter()
-            .map(|g| g.expires_at_ms.saturating_add(i64::from(g.delay_ms)))
+            .filter(|g| g.expires_at_ms == last)
+            .map(|g| last.saturating_add(i64::from(g.delay_ms)))
             .max()
     }
 
@@ -351,14 +353,18 @@ impl GrantSet {
 
     // ----- the encoding shared by RDB, DUMP/RESTORE and propagation -----
 
-    /// The grant whose expiry decides the delay once every grant has
-    /// expired: the one whose delay ends last (the newest on a tie), with
-    /// the instant its delay ends; None when that instant is not after
-    /// `now` (no delay left to keep).
+    /// The grant whose expiry leaves the key with no grant, and so decides
+    /// its lock-delay, once every grant has expired: of the grants that
+    /// expired last (at the same instant), the one whose delay ends last
+    /// (the newest on a tie), with the instant its delay ends; None when
+    /// that instant is not after `now`. A grant that expired while another
+    /// was still held left the key held, so its delay never applies, however
+    /// late the expiries are processed.
     pub fn delay_after(expired: &[Grant], now_ms: i64) -> Option<(&Grant, i64)> {
+        let last = expired.iter().map(|g| g.expires_at_ms).max()?;
         expired
             .iter()
-            .filter(|g| g.delay_ms > 0)
+            .filter(|g| g.expires_at_ms == last && g.delay_ms > 0)
             .map(|g| (g, g.expires_at_ms.saturating_add(i64::from(g.delay_ms))))
             .filter(|&(_, until)| until > now_ms)
             .max_by_key(|&(g, until)| (until, g.token))
@@ -547,18 +553,25 @@ mod tests {
         let mut b = grant("b", 11, Mode::Shared, 1, NOW + 200);
         b.delay_ms = 500;
         let c = grant("c", 12, Mode::Shared, 1, NOW + 300);
+        // c expired last, with no delay: a and b expired while c was held.
         let expired = [a.clone(), b.clone(), c.clone()];
+        assert!(GrantSet::delay_after(&expired, NOW + 300).is_none());
+        // Without c, b expired last: its delay holds the key, whatever a's.
+        let expired = [a.clone(), b.clone()];
         let (g, until) = GrantSet::delay_after(&expired, NOW + 300).unwrap();
-        assert_eq!((g.token, until), (10, NOW + 1_100));
-        assert!(
-            GrantSet::delay_after(&expired, NOW + 1_100).is_none(),
-            "over"
-        );
+        assert_eq!((g.token, until), (11, NOW + 700));
+        assert!(GrantSet::delay_after(&expired, NOW + 700).is_none(), "over");
+        // Expiring together, the delay that ends last wins.
+        let mut a2 = a.clone();
+        a2.expires_at_ms = NOW + 200;
+        let together = [a2, b.clone()];
+        let (g, until) = GrantSet::delay_after(&together, NOW + 300).unwrap();
+        assert_eq!((g.token, until), (10, NOW + 1_200));
         assert!(GrantSet::delay_after(&[c], NOW + 300).is_none(), "no delay");
         let mut set = GrantSet::new(0);
         set.insert(a);
         set.insert(b);
-        assert_eq!(set.key_expiry(), Some(NOW + 1_100));
+        assert_eq!(set.key_expiry(), Some(NOW + 700), "a's delay never applies");
     }
 
     #[test]

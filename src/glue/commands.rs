@@ -747,23 +747,34 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
         // An old library's reservation has no token or history.
         Current::Legacy(value) => (vec![exclusive(value, 0, key_ttl, 0, 0)], 0),
         // Grants whose time is up count as gone, even before their timer
-        // (or, on a replica, the master) removes them.
-        Current::Grants(set) => (
-            set.grants()
-                .iter()
-                .filter(|g| g.expires_at_ms > now)
-                .map(|g| Shown {
+        // (or, on a replica, the master) removes them; once all are, the
+        // last one's lock-delay may still hold the key.
+        Current::Grants(set) => {
+            fn shown(g: &Grant, ttl_ms: i64) -> Shown<'_> {
+                Shown {
                     holder: &g.holder,
                     token: g.token,
-                    ttl_ms: g.expires_at_ms - now,
+                    ttl_ms,
                     acquired_at_ms: g.acquired_at_ms,
                     renewals: u64::from(g.renewals),
                     mode: g.mode,
                     permits: g.permits,
-                })
-                .collect(),
-            set.limit(),
-        ),
+                }
+            }
+            let live: Vec<Shown<'_>> = set
+                .grants()
+                .iter()
+                .filter(|g| g.expires_at_ms > now)
+                .map(|g| shown(g, g.expires_at_ms - now))
+                .collect();
+            match GrantSet::delay_after(set.grants(), now) {
+                Some((g, until)) if live.is_empty() => {
+                    delay_ms = until - now;
+                    (vec![shown(g, 0)], set.limit())
+                }
+                _ => (live, set.limit()),
+            }
+        }
     };
     let Some(oldest) = grants.first() else {
         reply_null(ctx);

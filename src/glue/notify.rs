@@ -38,12 +38,10 @@ fn enabled() -> bool {
     (unsafe { rm!(RedisModule_GetNotifyKeyspaceEvents)() } & CLASS) != 0
 }
 
-/// Fires `event` for `key` in the context's selected db. Every event but
-/// a renewal may change the key's current grant: its observers look.
+/// Fires `event` for `key` in the context's selected db. Each may change
+/// the key's current grant or when it ends: its observers look.
 pub fn notify(ctx: Ctx, event: Event, key: RString) {
-    if !matches!(event, Event::Renew) {
-        observers::note_change_of(ctx, key);
-    }
+    observers::note_change_of(ctx, key);
     if enabled() {
         // SAFETY: ctx has a client (command, timer or callback context);
         // Redis copies what it publishes.
@@ -53,9 +51,7 @@ pub fn notify(ctx: Ctx, event: Event, key: RString) {
 
 /// As `notify`, for a key we only have as bytes.
 pub fn notify_bytes(ctx: Ctx, event: Event, key: &[u8]) {
-    if !matches!(event, Event::Renew) {
-        observers::note_change(ctx, key);
-    }
+    observers::note_change(ctx, key);
     if enabled() {
         let key = OwnedString::new(ctx, key);
         notify(ctx, event, key.as_ptr());
