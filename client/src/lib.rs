@@ -73,11 +73,14 @@ pub mod asynchronous;
 pub use crate::builder::ReservationManagerBuilder;
 pub use crate::core::logger::LOG_TARGET;
 pub use crate::core::lost::{LostReason, LostReservation};
-pub use crate::core::protocol::{Access, ReservationInfo};
+pub use crate::core::protocol::{Access, Leader, ReservationInfo};
 pub use crate::core::settings::{DEFAULT_KEY_PREFIX, DEFAULT_LOCK_TTL, DEFAULT_URL};
 pub use error::Error;
 pub use log::Level;
+pub use manager::election::{LeaderChanges, Leadership};
 pub use manager::{Reservation, ReservationManager};
 
 #[cfg(feature = "tokio")]
-pub use asynchronous::{AsyncReservation, AsyncReservationManager};
+pub use asynchronous::{
+    AsyncLeaderChanges, AsyncLeadership, AsyncReservation, AsyncReservationManager,
+};
