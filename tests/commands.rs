@@ -383,13 +383,14 @@ fn info_resp2_is_a_flat_array_in_order() {
     );
     assert_eq!(fields[4].1, Value::Int(1));
     assert_eq!(fields[5].1, Value::BulkString(b"exclusive".to_vec()));
-    assert_eq!(fields[6].1, Value::Int(0), "no limit");
-    assert_eq!(fields[7].1, Value::Int(1), "permits used");
-    assert_eq!(fields[8].1, Value::Int(0));
-    assert_eq!(fields[9].1, Value::Array(vec![]));
+    assert_eq!(fields[6].1, Value::Int(0), "no lock-delay running");
+    assert_eq!(fields[7].1, Value::Int(0), "no limit");
+    assert_eq!(fields[8].1, Value::Int(1), "permits used");
+    assert_eq!(fields[9].1, Value::Int(0));
+    assert_eq!(fields[10].1, Value::Array(vec![]));
     // One grant, the oldest's fields again plus its mode and permits.
-    let Value::Array(holders) = &fields[10].1 else {
-        panic!("holders: {:?}", fields[10].1)
+    let Value::Array(holders) = &fields[11].1 else {
+        panic!("holders: {:?}", fields[11].1)
     };
     let [Value::Array(grant)] = holders.as_slice() else {
         panic!("one grant: {holders:?}")
@@ -420,7 +421,7 @@ fn info_resp3_is_a_map() {
         panic!("RESP3 RESERVE.INFO must be a map, got {reply:?}");
     };
     let map: HashMap<String, Value> = pairs.iter().map(|(k, v)| (text(k), v.clone())).collect();
-    assert_eq!(map.len(), 11, "{map:?}");
+    assert_eq!(map.len(), 12, "{map:?}");
     let keys: Vec<String> = pairs.iter().map(|(k, _)| text(k)).collect();
     assert_eq!(keys, FIELDS);
     assert_eq!(map["holder"], Value::BulkString(b"w1".to_vec()));
@@ -1295,6 +1296,7 @@ fn command_info_getkeys_and_docs() {
         "RESERVE.RELEASE",
         "RESERVE.WAIT",
         "RESERVE.INFO",
+        "RESERVE.OBSERVE",
     ] {
         let reply = call_str(&mut c, &["COMMAND", "DOCS", name]).unwrap();
         let Value::Array(top) = reply else {
@@ -1314,7 +1316,7 @@ fn command_info_getkeys_and_docs() {
         // LOCK and WAIT document their options, so redis-cli hints them.
         if name == "RESERVE.LOCK" || name == "RESERVE.WAIT" {
             let args = format!("{doc:?}");
-            for option in ["SHARED", "LIMIT", "PERMITS"] {
+            for option in ["SHARED", "LIMIT", "PERMITS", "DELAY"] {
                 assert!(args.contains(option), "{name} docs lack {option}: {args}");
             }
         }
@@ -1367,6 +1369,8 @@ fn random_arg(rng: &mut StdRng) -> Vec<u8> {
         "shared",
         "LIMIT",
         "PERMITS",
+        "DELAY",
+        "3600001",
         "",
         " ",
         "\0",
@@ -1429,6 +1433,7 @@ fn hostile_argument_sweep_never_crashes() {
         "RESERVE.GUARD",
         "RESERVE.LOCKALL",
         "RESERVE.WAITALL",
+        "RESERVE.OBSERVE",
     ];
     let mut rng = StdRng::seed_from_u64(0x5EED_0F2E);
     let (mut values, mut errors) = (0u32, 0u32);
@@ -1436,8 +1441,9 @@ fn hostile_argument_sweep_never_crashes() {
         for i in 0..2000 {
             let n = rng.gen_range(0..=8);
             let mut args: Vec<Vec<u8>> = (0..n).map(|_| random_arg(&mut rng)).collect();
-            if name == "RESERVE.WAITALL" && args.len() > 2 {
-                // Never a blocking timeout: the keys may be held.
+            if (name == "RESERVE.WAITALL" || name == "RESERVE.OBSERVE") && args.len() > 2 {
+                // Never a blocking timeout: the keys may be held, the
+                // observed grant may not change.
                 args[2] = b"0.01".to_vec();
             }
             if name == "RESERVE.WAIT" {

@@ -22,9 +22,12 @@
 //! - MULTI/EXEC blocks and EVAL scripts mixing these (WAIT inside them is
 //!   LOCK; a LOCK after a DEL in the same block hands the key to the oldest
 //!   waiter first and answers 0);
+//! - RESERVE.OBSERVE that answers at once (a stale token gets the current
+//!   `[holder, token]`, `[nil, 0]` for none; an unchanged one nil inside
+//!   MULTI and scripts or at a short timeout);
 //! - hostile arguments, one bad argument at a time (bad ttl, timeout,
-//!   holder, token, option name, wrong arity, the internal commands,
-//!   WRONGTYPE on a hash): exact error texts, nothing changes.
+//!   holder, token, delay, option name, wrong arity, the internal
+//!   commands, WRONGTYPE on a hash): exact error texts, nothing changes.
 //!
 //! Tokens cannot be predicted, only their relations: every grant takes a
 //! token above every token seen before (grants made by one command or
@@ -137,6 +140,7 @@ const BAD_TOKENS: &[&str] = &[
     "18446744073709551616",
 ];
 const BAD_OPTIONS: &[&str] = &["TOKENS", "TOK", "FOO", "1", "NX"];
+const BAD_DELAYS: &[&str] = &["-1", "3600001", "x", "", "1.5", " 1", "1e3", "99999999999"];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -186,7 +190,7 @@ fn bytes_of(v: &Value) -> Option<Vec<u8>> {
 
 fn parse_info(pairs: Vec<(Value, Value)>) -> Result<Info, String> {
     let shown = format!("{pairs:?}");
-    if pairs.len() != 11 {
+    if pairs.len() != 12 {
         return Err(format!("RESERVE.INFO with {} fields: {shown}", pairs.len()));
     }
     let mut info = Info {
@@ -227,6 +231,8 @@ fn parse_info(pairs: Vec<(Value, Value)>) -> Result<Info, String> {
             // one exclusive grant, no limit, and `holders` repeating it.
             b"mode" if bytes_of(&value).as_deref() == Some(b"exclusive") => {}
             b"limit" if value == Value::Int(0) => {}
+            // No lock-delay is asked for here, so none ever runs.
+            b"delay_ms" if value == Value::Int(0) => {}
             b"permits_used" if value == Value::Int(1) => {}
             b"holders" => {
                 let grant = match &value {
@@ -306,7 +312,7 @@ fn value_reply(v: Value) -> Reply {
             Err(e) => Reply::Other(e),
         },
         Value::Array(items) => {
-            if items.len() == 22 && matches!(&items[0], Value::BulkString(b) if b == b"holder") {
+            if items.len() == 24 && matches!(&items[0], Value::BulkString(b) if b == b"holder") {
                 let pairs = items
                     .chunks(2)
                     .map(|p| (p[0].clone(), p[1].clone()))
@@ -479,6 +485,7 @@ enum Exp {
     Tok(Gid),
     Status(&'static str),
     Nil,
+    Bulk(Vec<u8>),
     Err(String),
     Info(Box<ExpInfo>),
     Array(Vec<Exp>),
@@ -874,6 +881,7 @@ impl Model {
             (Exp::Tok(g), Reply::Int(t)) => self.bind(*g, *t, what),
             (Exp::Status(s), Reply::Status(r)) if s == r => {}
             (Exp::Nil, Reply::Nil) => {}
+            (Exp::Bulk(a), Reply::Bulk(b)) if a == b => {}
             (Exp::Err(e), Reply::Error(r)) if e == r => {}
             (Exp::Info(e), Reply::Info(i)) => self.check_info(e, i, what),
             (Exp::Array(es), Reply::Array(rs)) if es.len() == rs.len() => {
@@ -1306,6 +1314,52 @@ impl Model {
         (a, self.info(k))
     }
 
+    /// OBSERVE that answers at once: a token that is not the current
+    /// grant's gets `[holder, token]` (`[nil, 0]` for none); the current
+    /// one inside MULTI or a script, or with a short timeout at the top,
+    /// gets nil.
+    fn gen_observe(&mut self, rng: &mut StdRng, ctx: Ctx) -> (Vec<Vec<u8>>, Exp) {
+        let k = self.pick_key(rng, true);
+        let key = KEY_NAMES[k].as_bytes().to_vec();
+        let current = match &self.keys[k].state {
+            KState::Hash => None,
+            KState::Free => Some((Exp::Nil, Exp::Int(0), None)),
+            KState::Held { holder, gid, .. } => Some((
+                Exp::Bulk(holder.clone()),
+                Exp::Tok(*gid),
+                self.grants[*gid].token,
+            )),
+            KState::Legacy { holder, .. } => {
+                Some((Exp::Bulk(holder.clone()), Exp::Int(0), Some(0)))
+            }
+        };
+        let name = Self::name(rng, "RESERVE.OBSERVE");
+        let Some((holder, token, known)) = current else {
+            let a = vec![name, key, b"0".to_vec(), b"0.01".to_vec()];
+            return (a, Exp::Err(WRONGTYPE.into()));
+        };
+        // The current token, when the model knows it: unchanged.
+        let same = match (&self.keys[k].state, known) {
+            (KState::Free, _) => Some(0),
+            (_, Some(t)) => Some(t),
+            _ => None,
+        };
+        if let Some(t) = same.filter(|_| rng.gen_bool(0.3)) {
+            let timeout: &[u8] = if ctx == Ctx::Top { b"0.01" } else { b"0" };
+            let a = vec![name, key, t.to_string().into_bytes(), timeout.to_vec()];
+            return (a, Exp::Nil);
+        }
+        // A token no grant ever had (tokens are far above 1) where the
+        // current one is 0 (no grant, an old library's lock), else 0.
+        let stale: &[u8] = if matches!(self.keys[k].state, KState::Held { .. }) {
+            b"0"
+        } else {
+            b"1"
+        };
+        let a = vec![name, key, stale.to_vec(), b"5".to_vec()];
+        (a, Exp::Array(vec![holder, token]))
+    }
+
     fn gen_del(&mut self, rng: &mut StdRng) -> (Vec<Vec<u8>>, Exp) {
         let k = self.pick_key(rng, false);
         let name: &[u8] = if rng.gen_bool(0.5) { b"DEL" } else { b"UNLINK" };
@@ -1349,7 +1403,16 @@ impl Model {
             ))
         };
         let cases = if allow_arity { 12 } else { 10 };
+        let bad_delay = BAD_DELAYS.choose(rng).expect("delay").as_bytes();
         Some(match rng.gen_range(0..cases) {
+            0 if rng.gen_bool(0.5) => {
+                let a = if rng.gen_bool(0.5) {
+                    argv(&[b"RESERVE.LOCK", key, h, b"100", b"DELAY", bad_delay])
+                } else {
+                    argv(&[b"RESERVE.WAIT", key, h, b"100", b"0", b"DELAY", bad_delay])
+                };
+                (a, err("ERR invalid delay (milliseconds, 0 to 3600000)"))
+            }
             0 => (
                 argv(&[b"RESERVE.LOCK", key, h, bad_ttl]),
                 err("ERR invalid ttl"),
@@ -1361,6 +1424,10 @@ impl Model {
             2 => (
                 argv(&[b"RESERVE.WAIT", key, h, bad_ttl, b"1"]),
                 err("ERR invalid ttl"),
+            ),
+            3 if rng.gen_bool(0.3) => (
+                argv(&[b"RESERVE.OBSERVE", key, b"0", bad_timeout]),
+                err("ERR invalid timeout"),
             ),
             3 => (
                 argv(&[b"RESERVE.WAIT", key, h, b"100", bad_timeout]),
@@ -1377,6 +1444,10 @@ impl Model {
                 };
                 (a, err("ERR invalid holder"))
             }
+            5 if rng.gen_bool(0.3) && bad_token != b"0" => (
+                argv(&[b"RESERVE.OBSERVE", key, bad_token, b"1"]),
+                err("ERR invalid token"),
+            ),
             5 => (
                 argv(&[b"RESERVE.RENEW", key, h, b"100", b"TOKEN", bad_token]),
                 err("ERR invalid token"),
@@ -1485,7 +1556,8 @@ impl Run<'_> {
                 .expect("LOCK never blocks"),
             30..=49 => self.m.gen_renew(rng, Ctx::Top),
             50..=74 => self.m.gen_release(rng, Ctx::Top),
-            75..=86 => self.m.gen_info(rng),
+            75..=81 => self.m.gen_info(rng),
+            82..=86 => self.m.gen_observe(rng, Ctx::Top),
             87..=95 => self.m.gen_del(rng),
             _ => self.m.gen_set_legacy(rng),
         };
@@ -1639,7 +1711,8 @@ impl Run<'_> {
                 18..=27 => self.m.gen_lock(rng, Ctx::Multi, true).expect("wait"),
                 28..=42 => self.m.gen_renew(rng, Ctx::Multi),
                 43..=59 => self.m.gen_release(rng, Ctx::Multi),
-                60..=71 => self.m.gen_info(rng),
+                60..=67 => self.m.gen_info(rng),
+                68..=71 => self.m.gen_observe(rng, Ctx::Multi),
                 72..=83 => self.m.gen_del(rng),
                 84..=87 => self.m.gen_set_legacy(rng),
                 88..=93 => match self.m.gen_bad(rng, false) {

@@ -180,7 +180,7 @@ struct KeyInfo {
 fn key_info(v: &Value) -> Option<KeyInfo> {
     let items = match v {
         Value::Nil => return None,
-        Value::Array(items) if items.len() == 22 => items,
+        Value::Array(items) if items.len() == 24 => items,
         other => panic!("RESERVE.INFO answered {other:?}"),
     };
     let field = |name: &str| -> &Value {

@@ -145,7 +145,7 @@ fn key_info(c: &mut Connection, key: &str) -> Option<KeyInfo> {
         Value::Array(items) => items,
         other => panic!("RESERVE.INFO {key} answered {other:?}"),
     };
-    assert_eq!(items.len(), 22, "RESERVE.INFO {key}: {items:?}");
+    assert_eq!(items.len(), 24, "RESERVE.INFO {key}: {items:?}");
     let fields: HashMap<String, &Value> = items
         .chunks(2)
         .map(|pair| (text(&pair[0]), &pair[1]))

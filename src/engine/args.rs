@@ -12,6 +12,11 @@ use crate::engine::grants::{Ask, Mode};
 /// `now + timeout` from overflowing.
 pub const MAX_TIMEOUT_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
+/// Largest lock-delay accepted (`DELAY ms`, `reservation.lock-delay`): an
+/// hour. Chubby and Consul use seconds to a minute; more than an hour of a
+/// key granted to no one is a unit mistake, not a drain time.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
+
 /// The hard bound on a holder's length (the most `max-holder-len` can be
 /// set to). Commands that only name an existing holder (RENEW, RELEASE) and
 /// loaded values check this, not the current setting: lowering the setting
@@ -27,6 +32,7 @@ pub enum ArgError {
     Token,
     Limit,
     Permits,
+    Delay,
     TooManyKeys,
     DuplicateKey,
     Syntax,
@@ -145,13 +151,30 @@ pub fn parse_stored_token(input: &[u8]) -> Result<u64, ArgError> {
 }
 
 /// Typed arguments of `RESERVE.LOCK key holder ttl [SHARED] [LIMIT n]
-/// [PERMITS k]`.
+/// [PERMITS k] [DELAY ms]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LockArgs<'a> {
     pub key: &'a [u8],
     pub holder: &'a [u8],
     pub ttl_ms: u64,
     pub ask: Ask,
+    /// `DELAY ms`; None: the `reservation.lock-delay` setting applies.
+    pub delay_ms: Option<u32>,
+}
+
+/// A lock-delay in plain decimal milliseconds, 0 to `MAX_DELAY_MS`.
+pub fn parse_delay(input: &[u8]) -> Result<u32, ArgError> {
+    if input.is_empty() || input.len() > 10 || !input.iter().all(u8::is_ascii_digit) {
+        return Err(ArgError::Delay);
+    }
+    let ms: u64 = std::str::from_utf8(input)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ArgError::Delay)?;
+    if ms > MAX_DELAY_MS {
+        return Err(ArgError::Delay);
+    }
+    u32::try_from(ms).map_err(|_| ArgError::Delay)
 }
 
 /// A count option's value: a plain decimal from 1 to `max`.
@@ -163,14 +186,23 @@ fn parse_count(input: &[u8], max: u32) -> Option<u32> {
     u32::try_from(n).ok().filter(|&n| n >= 1 && n <= max)
 }
 
+/// What LOCK and WAIT ask for, without the lock-delay.
+pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
+    parse_lock_options(rest, max_holders).map(|(ask, _)| ask)
+}
+
 /// The options of LOCK and WAIT, in any order, case-insensitive, each at
 /// most once: `SHARED`, `LIMIT n` (implies SHARED), `PERMITS k` (only with
-/// LIMIT, at most n). No option at all is the exclusive mutex.
-pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
+/// LIMIT, at most n), `DELAY ms`. No option at all is the exclusive mutex
+/// with the configured delay.
+pub fn parse_lock_options(
+    rest: &[&[u8]],
+    max_holders: u32,
+) -> Result<(Ask, Option<u32>), ArgError> {
     if rest.is_empty() {
-        return Ok(Ask::EXCLUSIVE);
+        return Ok((Ask::EXCLUSIVE, None));
     }
-    let (mut shared, mut limit, mut permits) = (false, None, None);
+    let (mut shared, mut limit, mut permits, mut delay) = (false, None, None, None);
     let mut i = 0;
     while i < rest.len() {
         let name = rest[i];
@@ -186,6 +218,10 @@ pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
             let value = value.ok_or(ArgError::Syntax)?;
             permits = Some(parse_count(value, u32::MAX).ok_or(ArgError::Permits)?);
             i += 2;
+        } else if name.eq_ignore_ascii_case(b"DELAY") && delay.is_none() {
+            let value = value.ok_or(ArgError::Syntax)?;
+            delay = Some(parse_delay(value)?);
+            i += 2;
         } else {
             return Err(ArgError::Syntax);
         }
@@ -195,7 +231,7 @@ pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
         (Some(k), Some(n)) if k <= n => k,
         (Some(_), _) => return Err(ArgError::Permits),
     };
-    Ok(if shared || limit.is_some() {
+    let ask = if shared || limit.is_some() {
         Ask {
             mode: Mode::Shared,
             permits,
@@ -203,7 +239,8 @@ pub fn parse_ask(rest: &[&[u8]], max_holders: u32) -> Result<Ask, ArgError> {
         }
     } else {
         Ask::EXCLUSIVE
-    })
+    };
+    Ok((ask, delay))
 }
 
 /// Typed arguments of `RESERVE.RENEW key holder ttl [TOKEN t]`.
@@ -251,11 +288,15 @@ pub fn parse_lock<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<LockArgs<'a>,
     let [_, key, holder, ttl, rest @ ..] = argv else {
         return Err(ArgError::WrongArity);
     };
+    let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
+    let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
+    let (ask, delay_ms) = parse_lock_options(rest, limits.max_holders)?;
     Ok(LockArgs {
         key,
-        holder: parse_holder(holder, HOLDER_LEN_CAP)?,
-        ttl_ms: parse_ttl(ttl, limits.max_ttl_ms)?,
-        ask: parse_ask(rest, limits.max_holders)?,
+        holder,
+        ttl_ms,
+        ask,
+        delay_ms,
     })
 }
 
@@ -292,14 +333,44 @@ pub fn parse_wait<'a>(argv: &[&'a [u8]], limits: Limits) -> Result<WaitArgs<'a>,
     let holder = parse_holder(holder, HOLDER_LEN_CAP)?;
     let ttl_ms = parse_ttl(ttl, limits.max_ttl_ms)?;
     let timeout_ms = parse_timeout(timeout)?;
+    let (ask, delay_ms) = parse_lock_options(rest, limits.max_holders)?;
     Ok(WaitArgs {
         lock: LockArgs {
             key,
             holder,
             ttl_ms,
-            ask: parse_ask(rest, limits.max_holders)?,
+            ask,
+            delay_ms,
         },
         timeout_ms,
+    })
+}
+
+/// Typed arguments of `RESERVE.OBSERVE key token timeout`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObserveArgs<'a> {
+    pub key: &'a [u8],
+    /// The token last seen; 0 for "no grant".
+    pub seen: u64,
+    /// None: as long as it takes.
+    pub timeout_ms: Option<u64>,
+}
+
+pub fn parse_observe<'a>(argv: &[&'a [u8]]) -> Result<ObserveArgs<'a>, ArgError> {
+    let [_, key, token, timeout] = argv else {
+        return Err(ArgError::WrongArity);
+    };
+    let seen = match token {
+        [b'0'] => 0,
+        _ => parse_token(token)?,
+    };
+    if seen != 0 && !crate::engine::tokens::is_valid_token(seen) {
+        return Err(ArgError::Token);
+    }
+    Ok(ObserveArgs {
+        key,
+        seen,
+        timeout_ms: parse_timeout(timeout)?,
     })
 }
 
@@ -407,6 +478,9 @@ pub struct SetStateArgs<'a> {
     pub acquired_at_ms: i64,
     pub renewals: u64,
     pub expire_at_ms: Option<i64>,
+    /// The grant's lock-delay (an optional last argument; 0 when absent,
+    /// as in an AOF written before lock-delay existed).
+    pub delay_ms: u32,
 }
 
 /// The internal `RESERVE.TOKENFLOOR token`: raise the token counter.
@@ -422,8 +496,18 @@ fn parse_i64(input: &[u8]) -> Option<i64> {
 }
 
 pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgError> {
-    let [_, key, holder, token, acquired, renewals, expire] = argv else {
-        return Err(ArgError::WrongArity);
+    let (key, holder, token, acquired, renewals, expire, delay) = match argv {
+        [_, key, holder, token, acquired, renewals, expire] => {
+            (key, holder, token, acquired, renewals, expire, None)
+        }
+        [_, key, holder, token, acquired, renewals, expire, delay] => {
+            (key, holder, token, acquired, renewals, expire, Some(delay))
+        }
+        _ => return Err(ArgError::WrongArity),
+    };
+    let delay_ms = match delay {
+        Some(d) => parse_delay(d).map_err(|_| ArgError::Syntax)?,
+        None => 0,
     };
     // Replicated state is bounded like a loaded value: a holder its holder
     // can renew and release, a token in range, a count the value can keep.
@@ -447,6 +531,7 @@ pub fn parse_set_state<'a>(argv: &[&'a [u8]]) -> Result<SetStateArgs<'a>, ArgErr
         acquired_at_ms,
         renewals,
         expire_at_ms,
+        delay_ms,
     })
 }
 
@@ -723,6 +808,62 @@ mod tests {
     }
 
     #[test]
+    fn delays_and_observe() {
+        let lock = |rest: &[&[u8]]| {
+            let mut argv: Vec<&[u8]> = vec![b"RESERVE.LOCK", b"k", b"w", b"5"];
+            argv.extend_from_slice(rest);
+            parse_lock(&argv, LIMITS).map(|a| (a.ask, a.delay_ms))
+        };
+        assert_eq!(lock(&[]), Ok((Ask::EXCLUSIVE, None)));
+        assert_eq!(lock(&[b"DELAY", b"0"]), Ok((Ask::EXCLUSIVE, Some(0))));
+        assert_eq!(lock(&[b"delay", b"3600000"]).unwrap().1, Some(3_600_000));
+        assert_eq!(
+            lock(&[b"SHARED", b"DELAY", b"5"]).unwrap().0.mode,
+            Mode::Shared
+        );
+        for bad in [
+            &b"-1"[..],
+            b"3600001",
+            b"x",
+            b"",
+            b"1.5",
+            b"+5",
+            b"99999999999",
+        ] {
+            assert_eq!(lock(&[b"DELAY", bad]), Err(ArgError::Delay), "{bad:?}");
+        }
+        assert_eq!(lock(&[b"DELAY"]), Err(ArgError::Syntax));
+        assert_eq!(
+            lock(&[b"DELAY", b"1", b"DELAY", b"1"]),
+            Err(ArgError::Syntax)
+        );
+        let wait = parse_wait(&[b"W", b"k", b"w", b"5", b"0", b"DELAY", b"7"], LIMITS);
+        assert_eq!(wait.unwrap().lock.delay_ms, Some(7));
+
+        let observe = |token: &[u8], timeout: &[u8]| {
+            parse_observe(&[b"RESERVE.OBSERVE", b"k", token, timeout])
+                .map(|o| (o.seen, o.timeout_ms))
+        };
+        assert_eq!(observe(b"0", b"0"), Ok((0, None)));
+        assert_eq!(observe(b"42", b"1.5"), Ok((42, Some(1500))));
+        assert_eq!(
+            observe(b"9007199254740991", b"1"),
+            Ok((9_007_199_254_740_991, Some(1000)))
+        );
+        for bad in [&b"-1"[..], b"x", b"", b"00", b"9007199254740992"] {
+            assert_eq!(observe(bad, b"1"), Err(ArgError::Token), "{bad:?}");
+        }
+        assert_eq!(observe(b"1", b"-1"), Err(ArgError::Timeout));
+        assert_eq!(
+            parse_observe(&[b"RESERVE.OBSERVE", b"k", b"1"]),
+            Err(ArgError::WrongArity)
+        );
+        let s = parse_set_state(&[b"X", b"k", b"h", b"5", b"1", b"2", b"9", b"250"]).unwrap();
+        assert_eq!(s.delay_ms, 250);
+        assert!(parse_set_state(&[b"X", b"k", b"h", b"5", b"1", b"2", b"9", b"-1"]).is_err());
+    }
+
+    #[test]
     fn set_state() {
         let s = parse_set_state(&[b"X", b"k", b"h", b"5", b"1000", b"2", b"99999"]).unwrap();
         assert_eq!(s.token, 5);
@@ -751,6 +892,8 @@ mod tests {
             Just(b"SHARED".to_vec()),
             Just(b"LIMIT".to_vec()),
             Just(b"PERMITS".to_vec()),
+            Just(b"DELAY".to_vec()),
+            Just(b"3600001".to_vec()),
             Just(b"nan".to_vec()),
             Just(b"0".to_vec()),
         ]
@@ -767,6 +910,11 @@ mod tests {
             if let Ok(a) = parse_lock(&argv, LIMITS) {
                 prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
                 prop_assert!(!a.holder.is_empty() && a.holder.len() <= HOLDER_LEN_CAP);
+                prop_assert!(a.delay_ms.is_none_or(|d| u64::from(d) <= MAX_DELAY_MS));
+            }
+            if let Ok(o) = parse_observe(&argv) {
+                prop_assert!(o.seen == 0 || crate::engine::tokens::is_valid_token(o.seen));
+                prop_assert!(o.timeout_ms.is_none_or(|t| t > 0 && t <= MAX_TIMEOUT_MS));
             }
             if let Ok(a) = parse_renew(&argv, LIMITS) {
                 prop_assert!(a.ttl_ms > 0 && a.ttl_ms <= LIMITS.max_ttl_ms);
@@ -791,6 +939,7 @@ mod tests {
             }
             if let Ok(a) = parse_set_state(&argv) {
                 prop_assert!(crate::engine::tokens::is_valid_token(a.token));
+                prop_assert!(u64::from(a.delay_ms) <= MAX_DELAY_MS);
             }
         }
 

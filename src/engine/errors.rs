@@ -11,6 +11,7 @@ pub const INVALID_HOLDER: &str = "ERR invalid holder";
 pub const INVALID_TOKEN: &str = "ERR invalid token";
 pub const INVALID_LIMIT: &str = "ERR invalid limit";
 pub const INVALID_PERMITS: &str = "ERR invalid permits";
+pub const INVALID_DELAY: &str = "ERR invalid delay (milliseconds, 0 to 3600000)";
 pub const SYNTAX: &str = "ERR syntax error";
 pub const TOO_MANY_HOLDERS: &str = "ERR too many holders";
 pub const ALREADY_HOLDS: &str = "ERR holder already holds this reservation";
@@ -46,6 +47,7 @@ pub fn arg_error_message(err: ArgError) -> &'static str {
         ArgError::Token => INVALID_TOKEN,
         ArgError::Limit => INVALID_LIMIT,
         ArgError::Permits => INVALID_PERMITS,
+        ArgError::Delay => INVALID_DELAY,
         ArgError::TooManyKeys => TOO_MANY_KEYS,
         ArgError::DuplicateKey => DUPLICATE_KEY,
         ArgError::Syntax => SYNTAX,

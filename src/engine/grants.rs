@@ -211,6 +211,9 @@ pub struct Grant {
     pub renewals: u32,
     pub mode: Mode,
     pub permits: u32,
+    /// The lock-delay that follows this grant's expiry if that leaves the
+    /// key with no grant (SPEC section 12); 0 for none.
+    pub delay_ms: u32,
 }
 
 /// The grants of a key that is more than one exclusive grant, oldest
@@ -310,6 +313,15 @@ impl GrantSet {
         Some((first, last))
     }
 
+    /// The key's Redis expiry: no grant outlives it, nor any delay that may
+    /// follow the last grant's expiry.
+    pub fn key_expiry(&self) -> Option<i64> {
+        self.grants
+            .iter()
+            .map(|g| g.expires_at_ms.saturating_add(i64::from(g.delay_ms)))
+            .max()
+    }
+
     /// The single exclusive grant with no limit, which is stored as a
     /// plain mutex instead.
     pub fn as_plain_mutex(&self) -> Option<&Grant> {
@@ -339,13 +351,27 @@ impl GrantSet {
 
     // ----- the encoding shared by RDB, DUMP/RESTORE and propagation -----
 
+    /// The grant whose expiry decides the delay once every grant has
+    /// expired: the one whose delay ends last (the newest on a tie), with
+    /// the instant its delay ends; None when that instant is not after
+    /// `now` (no delay left to keep).
+    pub fn delay_after(expired: &[Grant], now_ms: i64) -> Option<(&Grant, i64)> {
+        expired
+            .iter()
+            .filter(|g| g.delay_ms > 0)
+            .map(|g| (g, g.expires_at_ms.saturating_add(i64::from(g.delay_ms))))
+            .filter(|&(_, until)| until > now_ms)
+            .max_by_key(|&(g, until)| (until, g.token))
+    }
+
     /// One byte string: version, limit, count, then each grant. Little
-    /// endian, fixed-width fields, the holder last in each grant.
+    /// endian, fixed-width fields, the holder last in each grant. Version
+    /// 2 added each grant's delay; version 1 (no delay) still decodes.
     pub fn encode(&self) -> Vec<u8> {
         let size = 9 + self
             .grants
             .iter()
-            .map(|g| 37 + g.holder.len())
+            .map(|g| GRANT_FIXED + g.holder.len())
             .sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.push(ENCODING);
@@ -361,6 +387,7 @@ impl GrantSet {
                 Mode::Shared => 1,
             });
             out.extend_from_slice(&g.permits.to_le_bytes());
+            out.extend_from_slice(&g.delay_ms.to_le_bytes());
             out.extend_from_slice(&(g.holder.len() as u32).to_le_bytes());
             out.extend_from_slice(&g.holder);
         }
@@ -373,14 +400,18 @@ impl GrantSet {
     /// beside another, permits over the limit, trailing bytes.
     pub fn decode(bytes: &[u8], max_holder_len: usize) -> Result<GrantSet, DecodeError> {
         let mut r = Reader { bytes };
-        if r.u8()? != ENCODING {
-            return Err(DecodeError);
-        }
+        let version = r.u8()?;
+        let fixed = match version {
+            ENCODING_V1 => GRANT_FIXED - 4,
+            ENCODING => GRANT_FIXED,
+            _ => return Err(DecodeError),
+        };
         let limit = r.u32()?;
         let count = r.u32()? as usize;
-        // Each grant takes at least 38 bytes: a count beyond what the input
-        // can hold is a lie, not an allocation to make.
-        if count == 0 || count > bytes.len() / 38 {
+        // Each grant takes at least `fixed` bytes and a holder byte: a
+        // count beyond what the input can hold is a lie, not an allocation
+        // to make.
+        if count == 0 || count > bytes.len() / (fixed + 1) {
             return Err(DecodeError);
         }
         let mut set = GrantSet::new(limit);
@@ -396,6 +427,7 @@ impl GrantSet {
                 _ => return Err(DecodeError),
             };
             let permits = r.u32()?;
+            let delay_ms = if version == ENCODING { r.u32()? } else { 0 };
             let holder_len = r.u32()? as usize;
             if holder_len == 0 || holder_len > max_holder_len {
                 return Err(DecodeError);
@@ -404,6 +436,7 @@ impl GrantSet {
             if !is_valid_token(token)
                 || u64::from(renewals) > MAX_RENEWALS
                 || permits == 0
+                || u64::from(delay_ms) > crate::engine::args::MAX_DELAY_MS
                 || (mode == Mode::Exclusive && permits != 1)
                 || set.find(&holder).is_some()
                 || set.grants.last().is_some_and(|g| g.token >= token)
@@ -418,6 +451,7 @@ impl GrantSet {
                 renewals,
                 mode,
                 permits,
+                delay_ms,
             };
             set.count(&grant, true);
             set.grants.push(grant);
@@ -434,7 +468,10 @@ impl GrantSet {
     }
 }
 
-const ENCODING: u8 = 1;
+const ENCODING_V1: u8 = 1;
+const ENCODING: u8 = 2;
+/// A grant's encoded bytes besides its holder.
+const GRANT_FIXED: usize = 41;
 
 /// An encoded grant set this module would not have written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -499,7 +536,51 @@ mod tests {
             renewals: 0,
             mode,
             permits,
+            delay_ms: 0,
         }
+    }
+
+    #[test]
+    fn the_last_grants_to_expire_leave_the_latest_delay() {
+        let mut a = grant("a", 10, Mode::Shared, 1, NOW + 100);
+        a.delay_ms = 1_000;
+        let mut b = grant("b", 11, Mode::Shared, 1, NOW + 200);
+        b.delay_ms = 500;
+        let c = grant("c", 12, Mode::Shared, 1, NOW + 300);
+        let expired = [a.clone(), b.clone(), c.clone()];
+        let (g, until) = GrantSet::delay_after(&expired, NOW + 300).unwrap();
+        assert_eq!((g.token, until), (10, NOW + 1_100));
+        assert!(
+            GrantSet::delay_after(&expired, NOW + 1_100).is_none(),
+            "over"
+        );
+        assert!(GrantSet::delay_after(&[c], NOW + 300).is_none(), "no delay");
+        let mut set = GrantSet::new(0);
+        set.insert(a);
+        set.insert(b);
+        assert_eq!(set.key_expiry(), Some(NOW + 1_100));
+    }
+
+    #[test]
+    fn version_1_encodings_still_decode_with_no_delay() {
+        let mut set = GrantSet::new(3);
+        let mut g = grant("reader", 77, Mode::Shared, 2, NOW + 50);
+        g.delay_ms = 250;
+        set.insert(g);
+        let v2 = set.encode();
+        assert_eq!(GrantSet::decode(&v2, 100), Ok(set.clone()));
+        // Version 1 is version 2 without the four delay bytes.
+        let mut v1 = v2.clone();
+        v1[0] = ENCODING_V1;
+        let holder_at = v1.len() - b"reader".len() - 4;
+        v1.drain(holder_at - 4..holder_at);
+        let old = GrantSet::decode(&v1, 100).unwrap();
+        assert_eq!(old.grants()[0].delay_ms, 0);
+        assert_eq!(old.grants()[0].token, 77);
+        // A delay beyond the maximum is refused.
+        let mut bad = v2.clone();
+        bad[holder_at..holder_at + 4].copy_from_slice(&3_600_001u32.to_le_bytes());
+        assert_eq!(GrantSet::decode(&bad, 100), Err(DecodeError));
     }
 
     #[test]

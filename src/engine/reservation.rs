@@ -16,32 +16,73 @@ use std::ptr::NonNull;
 
 use crate::engine::grants::GrantSet;
 
-/// The fixed part of a stored reservation; the holder's bytes follow it in
-/// the same allocation. One allocation per reservation (instead of a box
-/// plus a holder buffer) is what keeps a held lock close to the size of the
-/// plain `SET key value EX` it replaces.
-#[repr(C)]
-struct Header {
+// ----- how a mutex is stored -----
+//
+// One allocation per mutex (not a box plus a holder buffer), with a 16-byte
+// header that packs what a grant usually is:
+//
+//   word 0: token (53 bits) | holder length (8 bits) | HAS_DELAY | WIDE
+//   word 1: acquired-at ms (43 bits, up to the year 2248) | renewals (21 bits)
+//
+// then the lock-delay (u32 ms, only with HAS_DELAY) and the holder's bytes.
+// A value outside those ranges (a holder of 256 bytes or more, a renewal
+// count past two million, a time or token no grant has) sets WIDE: the
+// fields then live in a 24-byte extension after the header instead. The
+// 16 bytes are what keep a held lock near the size of the plain `SET key
+// value EX` it replaces: with a holder of up to 32 bytes the allocation
+// stays in jemalloc's 48-byte class.
+
+const HEADER_SIZE: usize = 16;
+const TOKEN_MASK: u64 = (1 << 53) - 1;
+const LEN_SHIFT: u32 = 53;
+const LEN_MASK: u64 = 0xff;
+const HAS_DELAY: u64 = 1 << 61;
+const WIDE: u64 = 1 << 62;
+const ACQUIRED_MASK: u64 = (1 << 43) - 1;
+const RENEWALS_SHIFT: u32 = 43;
+const RENEWALS_MAX_PACKED: u64 = (1 << 21) - 1;
+/// token u64, acquired-at i64, renewals u32, holder length u32.
+const WIDE_SIZE: usize = 24;
+const DELAY_SIZE: usize = 4;
+const ALIGN: usize = 8;
+
+/// The fields of a stored mutex, unpacked.
+#[derive(Clone, Copy)]
+struct Fields {
     token: u64,
     acquired_at_ms: i64,
     /// Saturates at u32::MAX: four billion renewals of one grant.
     renewals: u32,
-    holder_len: u32,
+    holder_len: usize,
+    delay_ms: u32,
 }
 
-const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+impl Fields {
+    fn packs(&self) -> bool {
+        self.token <= TOKEN_MASK
+            && u64::try_from(self.acquired_at_ms).is_ok_and(|t| t <= ACQUIRED_MASK)
+            && u64::from(self.renewals) <= RENEWALS_MAX_PACKED
+            && self.holder_len as u64 <= LEN_MASK
+    }
 
-fn layout_for(holder_len: usize) -> Layout {
+    fn size(&self, wide: bool) -> usize {
+        HEADER_SIZE
+            + if wide { WIDE_SIZE } else { 0 }
+            + if self.delay_ms > 0 { DELAY_SIZE } else { 0 }
+            + self.holder_len
+    }
+}
+
+fn layout(size: usize) -> Layout {
     // Holders are bounded by `max-holder-len` (at most 1 MiB), far below
     // isize::MAX, so this layout always exists.
-    Layout::from_size_align(HEADER_SIZE + holder_len, std::mem::align_of::<Header>())
-        .unwrap_or_else(|_| Layout::new::<Header>())
+    Layout::from_size_align(size, ALIGN).unwrap_or_else(|_| Layout::new::<u64>())
 }
 
 /// One held reservation, owned: the value of a key of the module's type.
 /// It is a single thin pointer so Redis can store it as the key's value.
 pub struct Reservation {
-    ptr: NonNull<Header>,
+    ptr: NonNull<u8>,
 }
 
 // SAFETY: a Reservation owns its allocation exclusively; nothing in it is
@@ -51,8 +92,8 @@ unsafe impl Send for Reservation {}
 /// A borrowed view of a stored reservation (in a key, or owned above).
 #[derive(Clone, Copy)]
 pub struct ReservationRef<'a> {
-    ptr: NonNull<Header>,
-    _borrow: PhantomData<&'a Header>,
+    ptr: NonNull<u8>,
+    _borrow: PhantomData<&'a u8>,
 }
 
 impl Reservation {
@@ -61,25 +102,62 @@ impl Reservation {
     }
 
     pub fn with_renewals(holder: &[u8], token: u64, acquired_at_ms: i64, renewals: u64) -> Self {
-        let holder_len = u32::try_from(holder.len()).unwrap_or(u32::MAX);
-        let holder = &holder[..holder_len as usize];
-        let layout = layout_for(holder.len());
+        Self::with_delay(holder, token, acquired_at_ms, renewals, 0)
+    }
+
+    /// A reservation whose grant, once its TTL runs out, keeps the key
+    /// from everyone for `delay_ms` (SPEC section 12). The key's Redis
+    /// expiry is then the grant's end plus the delay.
+    pub fn with_delay(
+        holder: &[u8],
+        token: u64,
+        acquired_at_ms: i64,
+        renewals: u64,
+        delay_ms: u32,
+    ) -> Self {
+        let holder = &holder[..holder.len().min(u32::MAX as usize)];
+        let f = Fields {
+            token,
+            acquired_at_ms,
+            renewals: u32::try_from(renewals).unwrap_or(u32::MAX),
+            holder_len: holder.len(),
+            delay_ms,
+        };
+        let wide = !f.packs();
+        let layout = layout(f.size(wide));
         // SAFETY: the layout is non-zero-sized (it holds the header).
-        let raw = unsafe { alloc::alloc(layout) }.cast::<Header>();
+        let raw = unsafe { alloc::alloc(layout) };
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        // SAFETY: `ptr` points to a fresh allocation of HEADER_SIZE +
-        // holder.len() bytes, aligned for Header.
+        let delay_flag = if delay_ms > 0 { HAS_DELAY } else { 0 };
+        // SAFETY: `ptr` is a fresh allocation of `f.size(wide)` bytes,
+        // aligned to 8; every write below stays within it, in the layout
+        // the readers in ReservationRef expect.
         unsafe {
-            ptr.as_ptr().write(Header {
-                token,
-                acquired_at_ms,
-                renewals: u32::try_from(renewals).unwrap_or(u32::MAX),
-                holder_len,
-            });
-            let bytes = ptr.as_ptr().cast::<u8>().add(HEADER_SIZE);
-            std::ptr::copy_nonoverlapping(holder.as_ptr(), bytes, holder.len());
+            let p = ptr.as_ptr();
+            let mut at = HEADER_SIZE;
+            if wide {
+                p.cast::<u64>().write(WIDE | delay_flag);
+                p.add(8).cast::<u64>().write(0);
+                p.add(16).cast::<u64>().write(token);
+                p.add(24).cast::<i64>().write(acquired_at_ms);
+                p.add(32).cast::<u32>().write(f.renewals);
+                p.add(36).cast::<u32>().write(holder.len() as u32);
+                at += WIDE_SIZE;
+            } else {
+                let len = (holder.len() as u64) << LEN_SHIFT;
+                p.cast::<u64>().write(token | len | delay_flag);
+                let renewals = u64::from(f.renewals) << RENEWALS_SHIFT;
+                p.add(8)
+                    .cast::<u64>()
+                    .write(acquired_at_ms as u64 | renewals);
+            }
+            if delay_ms > 0 {
+                p.add(at).cast::<u32>().write_unaligned(delay_ms);
+                at += DELAY_SIZE;
+            }
+            std::ptr::copy_nonoverlapping(holder.as_ptr(), p.add(at), holder.len());
         }
         Reservation { ptr }
     }
@@ -118,13 +196,18 @@ impl Reservation {
     pub fn renewals(&self) -> u64 {
         self.view().renewals()
     }
+    pub fn delay_ms(&self) -> u32 {
+        self.view().delay_ms()
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let layout = layout_for(self.view().holder().len());
-        // SAFETY: allocated in `with_renewals` with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+        let view = self.view();
+        let layout = layout(view.heap_size());
+        // SAFETY: allocated in `with_delay` with this very layout (the
+        // size is recomputed from the same fields and flags).
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
     }
 }
 
@@ -159,30 +242,109 @@ impl<'a> ReservationRef<'a> {
         }
     }
 
-    fn header(&self) -> &'a Header {
-        // SAFETY: the pointer is live for 'a (type invariant).
-        unsafe { self.ptr.as_ref() }
+    /// The u64 at byte `at` of the header or the wide extension.
+    fn word(self, at: usize) -> u64 {
+        // SAFETY: the pointer is live for 'a (type invariant), 8-aligned,
+        // and `at` is 0, 8 or 16 of an allocation at least that long (16
+        // only when WIDE, which allocates the extension).
+        unsafe { self.ptr.as_ptr().add(at).cast::<u64>().read() }
+    }
+
+    fn word0(self) -> u64 {
+        self.word(0)
+    }
+
+    fn wide(self) -> bool {
+        self.word0() & WIDE != 0
+    }
+
+    fn has_delay(self) -> bool {
+        self.word0() & HAS_DELAY != 0
+    }
+
+    /// A u32 of the wide extension at byte `at`.
+    fn wide_u32(self, at: usize) -> u32 {
+        // SAFETY: only called when WIDE: the extension (bytes 16..40) is
+        // allocated and initialised; `at` is 32 or 36, 4-aligned.
+        unsafe { self.ptr.as_ptr().add(at).cast::<u32>().read() }
+    }
+
+    fn holder_len(self) -> usize {
+        if self.wide() {
+            self.wide_u32(36) as usize
+        } else {
+            ((self.word0() >> LEN_SHIFT) & LEN_MASK) as usize
+        }
+    }
+
+    /// Where what follows the header (and the extension) starts.
+    fn tail(self) -> usize {
+        HEADER_SIZE + if self.wide() { WIDE_SIZE } else { 0 }
     }
 
     pub fn holder(self) -> &'a [u8] {
-        let len = self.header().holder_len as usize;
-        // SAFETY: `len` bytes of holder follow the header in the same
-        // allocation, initialised in `with_renewals`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(HEADER_SIZE), len) }
-    }
-    pub fn token(self) -> u64 {
-        self.header().token
-    }
-    pub fn acquired_at_ms(self) -> i64 {
-        self.header().acquired_at_ms
-    }
-    pub fn renewals(self) -> u64 {
-        u64::from(self.header().renewals)
+        let at = self.tail() + if self.has_delay() { DELAY_SIZE } else { 0 };
+        // SAFETY: `holder_len` bytes of holder sit at `at`, initialised in
+        // `with_delay`, live for 'a.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(at), self.holder_len()) }
     }
 
-    /// Bytes this value occupies on the heap, for `MEMORY USAGE`.
+    pub fn token(self) -> u64 {
+        if self.wide() {
+            self.word(16)
+        } else {
+            self.word0() & TOKEN_MASK
+        }
+    }
+
+    pub fn acquired_at_ms(self) -> i64 {
+        if self.wide() {
+            self.word(24) as i64
+        } else {
+            (self.word(8) & ACQUIRED_MASK) as i64
+        }
+    }
+
+    pub fn renewals(self) -> u64 {
+        if self.wide() {
+            u64::from(self.wide_u32(32))
+        } else {
+            self.word(8) >> RENEWALS_SHIFT
+        }
+    }
+
+    /// The lock-delay that follows this grant's expiry; 0 for none.
+    pub fn delay_ms(self) -> u32 {
+        if !self.has_delay() {
+            return 0;
+        }
+        // SAFETY: a flagged allocation holds the delay right after the
+        // header (and the extension), written in `with_delay`.
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(self.tail())
+                .cast::<u32>()
+                .read_unaligned()
+        }
+    }
+
+    /// When the grant itself ends, given the key's Redis expiry (which
+    /// runs on through the delay).
+    pub fn grant_end(self, key_expire_ms: i64) -> i64 {
+        key_expire_ms.saturating_sub(i64::from(self.delay_ms()))
+    }
+
+    /// Whether the grant has ended and the key only waits out its delay.
+    /// A key is live while `now <= expire` (Redis's rule), and so is the
+    /// grant while `now <= grant_end`.
+    pub fn in_delay(self, key_expire_ms: Option<i64>, now_ms: i64) -> bool {
+        self.delay_ms() > 0 && key_expire_ms.is_some_and(|e| now_ms > self.grant_end(e))
+    }
+
+    /// Bytes this value occupies on the heap (its allocation's size).
     pub fn heap_size(self) -> usize {
-        HEADER_SIZE + self.holder().len()
+        self.tail() + if self.has_delay() { DELAY_SIZE } else { 0 } + self.holder_len()
     }
 
     /// Holder and token both match (the token only when one is given).
@@ -191,23 +353,36 @@ impl<'a> ReservationRef<'a> {
     }
 
     pub fn to_owned(self) -> Reservation {
-        Reservation::with_renewals(
+        Reservation::with_delay(
             self.holder(),
             self.token(),
             self.acquired_at_ms(),
             self.renewals(),
+            self.delay_ms(),
         )
     }
 
-    /// Counts one renewal in place.
+    /// Counts one renewal in place, when the count still fits where it is
+    /// stored; false when the value must be rebuilt (`renewed`) instead.
     ///
     /// # Safety
     /// No other reference into this reservation may be live, and the
     /// pointer must allow writes (it came from `into_raw`).
-    pub unsafe fn increment_renewals(self) {
-        let header = self.ptr.as_ptr();
-        // SAFETY: per the contract above.
-        unsafe { (*header).renewals = (*header).renewals.saturating_add(1) };
+    pub unsafe fn increment_renewals(self) -> bool {
+        let p = self.ptr.as_ptr();
+        if self.wide() {
+            let n = self.wide_u32(32).saturating_add(1);
+            // SAFETY: per the contract; the extension is allocated.
+            unsafe { p.add(32).cast::<u32>().write(n) };
+            return true;
+        }
+        let w1 = self.word(8);
+        if (w1 >> RENEWALS_SHIFT) >= RENEWALS_MAX_PACKED {
+            return false;
+        }
+        // SAFETY: per the contract; word 1 is part of every allocation.
+        unsafe { p.add(8).cast::<u64>().write(w1 + (1 << RENEWALS_SHIFT)) };
+        true
     }
 }
 
@@ -217,6 +392,7 @@ impl PartialEq for ReservationRef<'_> {
             && self.token() == other.token()
             && self.acquired_at_ms() == other.acquired_at_ms()
             && self.renewals() == other.renewals()
+            && self.delay_ms() == other.delay_ms()
     }
 }
 
@@ -227,7 +403,33 @@ impl fmt::Debug for ReservationRef<'_> {
             .field("token", &self.token())
             .field("acquired_at_ms", &self.acquired_at_ms())
             .field("renewals", &self.renewals())
+            .field("delay_ms", &self.delay_ms())
             .finish()
+    }
+}
+
+/// How long a grant lasts and the lock-delay after it: together they give
+/// the key's Redis expiry (the grant's end plus the delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl {
+    pub ttl_ms: u64,
+    pub delay_ms: u32,
+}
+
+impl Ttl {
+    pub fn new(ttl_ms: u64, delay_ms: u32) -> Ttl {
+        Ttl { ttl_ms, delay_ms }
+    }
+
+    /// When a grant made at `now` ends.
+    pub fn grant_end(self, now_ms: i64) -> i64 {
+        now_ms.saturating_add(i64::try_from(self.ttl_ms).unwrap_or(i64::MAX))
+    }
+
+    /// The Redis expiry of a key granted at `now`.
+    pub fn key_expire(self, now_ms: i64) -> i64 {
+        self.grant_end(now_ms)
+            .saturating_add(i64::from(self.delay_ms))
     }
 }
 
@@ -243,6 +445,45 @@ pub enum Current<'a> {
     Legacy(&'a [u8]),
     /// Shared or counted grants (see `grants.rs`).
     Grants(&'a GrantSet),
+    /// A grant whose TTL ran out, in its lock-delay: granted to no one
+    /// until the key expires (SPEC section 12).
+    Delayed(ReservationRef<'a>),
+}
+
+/// The grant `RESERVE.OBSERVE` reports: the oldest current one, as
+/// (holder, token); an old library's lock has no token (0). None when the
+/// key is granted to no one (free, or in its lock-delay).
+pub fn current_grant(current: Current<'_>, now_ms: i64) -> Option<(&[u8], u64)> {
+    match current {
+        Current::Held(r) => Some((r.holder(), r.token())),
+        Current::Legacy(value) => Some((value, 0)),
+        Current::Grants(set) => set
+            .grants()
+            .iter()
+            .find(|g| g.expires_at_ms > now_ms)
+            .map(|g| (&*g.holder, g.token)),
+        Current::Free | Current::Delayed(_) => None,
+    }
+}
+
+/// When what `current_grant` reports may next change by time alone (a
+/// grant's expiry, a delay's end), given the key's Redis expiry; None when
+/// only a command can change it.
+pub fn next_change(current: Current<'_>, key_expire_ms: Option<i64>, now_ms: i64) -> Option<i64> {
+    // A key is live while now <= expire: it changes one ms later.
+    let after = |at: i64| at.saturating_add(1);
+    match current {
+        Current::Free => None,
+        Current::Held(r) => key_expire_ms.map(|e| after(r.grant_end(e))),
+        Current::Delayed(_) | Current::Legacy(_) => key_expire_ms.map(after),
+        // A grant ends at its expiry instant.
+        Current::Grants(set) => set
+            .grants()
+            .iter()
+            .map(|g| g.expires_at_ms)
+            .filter(|&at| at > now_ms)
+            .min(),
+    }
 }
 
 /// What `RESERVE.LOCK` (and the immediate path of `RESERVE.WAIT`) does.
@@ -265,7 +506,9 @@ pub fn decide_lock(current: Current<'_>, holder: &[u8], waiters_queued: bool) ->
         Current::Free if waiters_queued => LockDecision::HandOffFirst,
         Current::Free => LockDecision::Grant,
         Current::Held(r) if r.holder() == holder => LockDecision::Reacquire { token: r.token() },
-        Current::Held(_) | Current::Legacy(_) | Current::Grants(_) => LockDecision::Held,
+        Current::Held(_) | Current::Legacy(_) | Current::Grants(_) | Current::Delayed(_) => {
+            LockDecision::Held
+        }
     }
 }
 
@@ -298,17 +541,18 @@ pub fn holds_live(current: Current<'_>, holder: &[u8], token: u64, now_ms: i64) 
         Current::Grants(set) => set
             .find(holder)
             .is_some_and(|g| g.token == token && g.expires_at_ms > now_ms),
-        Current::Free | Current::Legacy(_) => false,
+        Current::Free | Current::Legacy(_) | Current::Delayed(_) => false,
     }
 }
 
 /// A renewed copy of `r` (renewal count + 1); the caller sets the expiry.
 pub fn renewed(r: ReservationRef<'_>) -> Reservation {
-    Reservation::with_renewals(
+    Reservation::with_delay(
         r.holder(),
         r.token(),
         r.acquired_at_ms(),
         r.renewals().saturating_add(1),
+        r.delay_ms(),
     )
 }
 
@@ -414,6 +658,7 @@ mod tests {
             renewals: 0,
             mode: Mode::Shared,
             permits: 1,
+            delay_ms: 0,
         });
         assert!(holds_live(Current::Grants(&set), b"r", 7, NOW + 9));
         assert!(
@@ -421,6 +666,60 @@ mod tests {
             "expired"
         );
         assert!(!holds_live(Current::Grants(&set), b"r", 8, NOW));
+    }
+
+    #[test]
+    fn a_delay_rides_in_the_same_allocation_only_when_there_is_one() {
+        let plain = Reservation::new(b"worker", 9, NOW);
+        let delayed = Reservation::with_delay(b"worker", 9, NOW, 3, 1500);
+        assert_eq!(plain.delay_ms(), 0);
+        assert_eq!(delayed.delay_ms(), 1500);
+        assert_eq!(delayed.holder(), b"worker");
+        assert_eq!(delayed.renewals(), 3);
+        assert_eq!(plain.view().heap_size() + 4, delayed.view().heap_size());
+        assert_ne!(plain, Reservation::with_delay(b"worker", 9, NOW, 0, 1));
+        let renewed = renewed(delayed.view());
+        assert_eq!((renewed.delay_ms(), renewed.renewals()), (1500, 4));
+        assert_eq!(delayed.clone(), delayed);
+        // The key's expiry is the grant's end plus the delay.
+        let expire = NOW + 10_000;
+        assert_eq!(delayed.view().grant_end(expire), NOW + 8_500);
+        assert!(!delayed.view().in_delay(Some(expire), NOW + 8_500));
+        assert!(delayed.view().in_delay(Some(expire), NOW + 8_501));
+        assert!(!plain.view().in_delay(Some(expire), NOW + 9_999));
+        assert!(!delayed.view().in_delay(None, NOW + 9_999));
+        let ttl = Ttl::new(2_000, 500);
+        assert_eq!(
+            (ttl.grant_end(NOW), ttl.key_expire(NOW)),
+            (NOW + 2_000, NOW + 2_500)
+        );
+    }
+
+    #[test]
+    fn a_key_in_its_delay_is_granted_to_no_one() {
+        let r = Reservation::with_delay(b"w1", 42, NOW, 0, 1000);
+        let delayed = Current::Delayed(r.view());
+        assert_eq!(decide_lock(delayed, b"w1", false), LockDecision::Held);
+        assert_eq!(decide_lock(delayed, b"w2", false), LockDecision::Held);
+        assert_eq!(
+            decide_owner(delayed, b"w1", Some(42)),
+            OwnerDecision::NotOwner
+        );
+        assert!(!holds_live(delayed, b"w1", 42, NOW));
+        assert_eq!(current_grant(delayed, NOW), None);
+        let held = Current::Held(r.view());
+        assert_eq!(current_grant(held, NOW), Some((&b"w1"[..], 42)));
+        assert_eq!(
+            current_grant(Current::Legacy(b"old"), NOW),
+            Some((&b"old"[..], 0))
+        );
+        assert_eq!(current_grant(Current::Free, NOW), None);
+        // What may change by time alone, and when.
+        let expire = NOW + 5_000;
+        assert_eq!(next_change(held, Some(expire), NOW), Some(NOW + 4_001));
+        assert_eq!(next_change(delayed, Some(expire), NOW), Some(expire + 1));
+        assert_eq!(next_change(Current::Free, None, NOW), None);
+        assert_eq!(next_change(held, None, NOW), None);
     }
 
     #[test]
@@ -449,7 +748,7 @@ mod tests {
             let view = unsafe { ReservationRef::from_raw(raw) };
             assert_eq!(view, copy.view());
             // SAFETY: no other reference into it is live.
-            unsafe { view.increment_renewals() };
+            assert!(unsafe { view.increment_renewals() }, "wide: in place");
             assert_eq!(view.renewals(), 8);
             // SAFETY: taking ownership back exactly once.
             drop(unsafe { Reservation::from_raw(raw) });
@@ -458,10 +757,113 @@ mod tests {
         assert_eq!(huge.renewals(), u64::from(u32::MAX), "saturates");
     }
 
+    #[test]
+    fn a_usual_grant_packs_into_sixteen_bytes() {
+        // A 28-byte holder like `host-1-worker-12345-6f1d2c3b`: 44 bytes,
+        // jemalloc's 48-byte class (a 24-byte header made it 64).
+        let holder = b"host-1-worker-12345-6f1d2c3b";
+        let r = Reservation::with_renewals(holder, (1 << 53) - 1, NOW, 5);
+        assert_eq!(r.view().heap_size(), 16 + holder.len());
+        assert_eq!(r.token(), (1 << 53) - 1);
+        // Each field past its packed range goes wide, and reads back.
+        let edges: [(u64, i64, u64, usize); 6] = [
+            (1 << 53, NOW, 0, 5),
+            (7, -1, 0, 5),
+            (7, 1 << 43, 0, 5),
+            (7, NOW, 1 << 21, 5),
+            (7, NOW, 0, 256),
+            (7, (1 << 43) - 1, (1 << 21) - 1, 255),
+        ];
+        for (i, (token, acquired, renewals, len)) in edges.into_iter().enumerate() {
+            let holder = vec![b'h'; len];
+            let r = Reservation::with_delay(&holder, token, acquired, renewals, 9);
+            let packed = i == 5;
+            let expected = 16 + if packed { 0 } else { 24 } + 4 + len;
+            assert_eq!(r.view().heap_size(), expected, "case {i}");
+            assert_eq!(
+                (r.token(), r.acquired_at_ms(), r.renewals(), r.delay_ms()),
+                (token, acquired, renewals, 9),
+                "case {i}"
+            );
+            assert_eq!(r.holder(), &holder[..]);
+        }
+    }
+
+    #[test]
+    fn renewals_past_the_packed_range_need_a_new_value() {
+        let r = Reservation::with_renewals(b"w", 3, NOW, (1 << 21) - 2);
+        let raw = NonNull::new(r.into_raw()).unwrap();
+        // SAFETY: raw came from into_raw; no other reference is live.
+        let view = unsafe { ReservationRef::from_raw(raw) };
+        // SAFETY: as above.
+        assert!(unsafe { view.increment_renewals() });
+        assert_eq!(view.renewals(), (1 << 21) - 1);
+        // SAFETY: as above.
+        assert!(!unsafe { view.increment_renewals() }, "full: rebuild");
+        assert_eq!(view.renewals(), (1 << 21) - 1, "unchanged");
+        let next = renewed(view);
+        assert_eq!(
+            (next.renewals(), next.token(), next.holder()),
+            (1 << 21, 3, &b"w"[..])
+        );
+        assert_eq!(next.view().heap_size(), 16 + 24 + 1);
+        // SAFETY: taking ownership back exactly once.
+        drop(unsafe { Reservation::from_raw(raw) });
+    }
+
     mod properties {
         use super::super::*;
         use crate::engine::tokens::TokenIssuer;
         use proptest::prelude::*;
+
+        fn near_edges() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                any::<u64>(),
+                0u64..4,
+                ((1u64 << 21) - 3)..((1u64 << 21) + 3),
+                ((1u64 << 43) - 3)..((1u64 << 43) + 3),
+                ((1u64 << 53) - 3)..((1u64 << 53) + 3),
+                (u64::MAX - 3)..=u64::MAX,
+            ]
+        }
+
+        proptest! {
+            /// Whatever the fields, packed or wide, they read back exactly
+            /// (renewals saturating at u32::MAX), and a renewal in place or
+            /// by rebuilding counts one.
+            #[test]
+            fn storage_round_trips_every_field(
+                token in near_edges(),
+                acquired in near_edges(),
+                renewals in near_edges(),
+                len in prop_oneof![0usize..3, 250usize..260, 0usize..64],
+                delay in prop_oneof![Just(0u32), any::<u32>()],
+            ) {
+                let holder: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let r = Reservation::with_delay(&holder, token, acquired as i64, renewals, delay);
+                let saturated = renewals.min(u64::from(u32::MAX));
+                prop_assert_eq!(r.holder(), &holder[..]);
+                prop_assert_eq!(r.token(), token);
+                prop_assert_eq!(r.acquired_at_ms(), acquired as i64);
+                prop_assert_eq!(r.renewals(), saturated);
+                prop_assert_eq!(r.delay_ms(), delay);
+                let copy = r.clone();
+                let raw = NonNull::new(r.into_raw()).unwrap();
+                // SAFETY: raw came from into_raw; no other reference.
+                let view = unsafe { ReservationRef::from_raw(raw) };
+                // SAFETY: as above.
+                let after = if unsafe { view.increment_renewals() } {
+                    view.to_owned()
+                } else {
+                    renewed(view)
+                };
+                prop_assert_eq!(after.renewals(), (saturated + 1).min(u64::from(u32::MAX)));
+                prop_assert_eq!((after.token(), after.holder()), (copy.token(), copy.holder()));
+                prop_assert_eq!(after.delay_ms(), delay);
+                // SAFETY: taking ownership back exactly once.
+                drop(unsafe { Reservation::from_raw(raw) });
+            }
+        }
 
         #[derive(Debug, Clone)]
         enum Op {

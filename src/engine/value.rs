@@ -129,6 +129,7 @@ mod tests {
             renewals: 0,
             mode: Mode::Shared,
             permits: 2,
+            delay_ms: 0,
         });
         let raw = NonNull::new(Value::Set(Box::new(set.clone())).into_raw()).unwrap();
         // SAFETY: live until from_raw below; no other reference.

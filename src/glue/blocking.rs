@@ -14,6 +14,7 @@ use redis_module::raw;
 
 use crate::engine::errors;
 use crate::engine::grants::{admit, Ask, Grant, Occupancy};
+use crate::engine::reservation::Ttl;
 use crate::engine::value::ValueRef;
 use crate::engine::waitqueue::{Removed, WaiterId};
 use crate::glue::cluster::{self, Route};
@@ -67,7 +68,7 @@ pub fn admit_waiters(
     if let Some(gid) = st.waiters.front(qk).and_then(|(_, w)| w.group) {
         return grant_group(ctx, st, gid, now);
     }
-    let Some((occupancy, _)) = granting::occupancy(key, b"") else {
+    let Some((occupancy, _)) = granting::occupancy(key, b"", now) else {
         return 0;
     };
     let occupancy = with_queue_limit(st, qk, occupancy);
@@ -97,10 +98,11 @@ pub fn admit_waiters(
             holder: waiter.holder.clone(),
             token,
             acquired_at_ms: now,
-            expires_at_ms: now.saturating_add(waiter.ttl_ms as i64),
+            expires_at_ms: waiter.ttl.grant_end(now),
             renewals: 0,
             mode: waiter.ask.mode,
             permits: waiter.ask.permits,
+            delay_ms: waiter.ttl.delay_ms,
         };
         granting::put_grant(key, grant, Some(occupancy.limit));
         granted.push((waiter, token));
@@ -164,7 +166,7 @@ fn hand_off(ctx: Ctx, st: &mut ModuleState, key: &OpenKey, qk: &QueueKey, now: i
     // Waiters stay queued when no token can be had.
     let token = granting::new_token(ctx, now).ok()?;
     let waiter = take_head(ctx, st, qk)?;
-    granting::grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl_ms, token, now);
+    granting::grant(ctx, key, &qk.key, &waiter.holder, waiter.ttl, token, now);
     bump(&STATS.handoffs);
     notify_bytes(ctx, Event::Grant, &qk.key);
     if st.waiters.len(qk) > 0 {
@@ -256,7 +258,7 @@ pub fn note_limit(st: &mut ModuleState, qk: &QueueKey, limit: Option<u32>) {
 /// What a blocked RESERVE.WAIT asks for.
 pub struct WaitRequest<'a> {
     pub holder: &'a [u8],
-    pub ttl_ms: u64,
+    pub ttl: Ttl,
     pub ask: Ask,
     /// None: as long as it takes.
     pub timeout_ms: Option<u64>,
@@ -276,7 +278,7 @@ pub fn block_waiter(
 ) -> Result<(), &'static str> {
     let &WaitRequest {
         holder,
-        ttl_ms,
+        ttl,
         ask,
         timeout_ms,
     } = req;
@@ -287,7 +289,7 @@ pub fn block_waiter(
     let client = block_client(ctx)?;
     let waiter = Waiter {
         holder: holder.into(),
-        ttl_ms,
+        ttl,
         ask,
         client,
         timeout_timer: None,
@@ -366,7 +368,7 @@ pub fn block_group(
     for qk in keys {
         let member = Waiter {
             holder: req.holder.into(),
-            ttl_ms: req.ttl_ms,
+            ttl: req.ttl,
             ask: Ask::EXCLUSIVE,
             client,
             timeout_timer: None,
@@ -391,7 +393,7 @@ pub fn block_group(
         Group {
             client,
             holder: req.holder.into(),
-            ttl_ms: req.ttl_ms,
+            ttl: req.ttl,
             members,
             timeout_timer,
         },
@@ -450,7 +452,7 @@ fn grant_group(ctx: Ctx, st: &mut ModuleState, gid: u64, now: i64) -> usize {
         return 0;
     }
     let keys: Vec<QueueKey> = group.members.iter().map(|(qk, _)| qk.clone()).collect();
-    let (holder, ttl_ms, client) = (group.holder.clone(), group.ttl_ms, group.client);
+    let (holder, ttl, client) = (group.holder.clone(), group.ttl, group.client);
     let names: Vec<OwnedString> = keys
         .iter()
         .map(|qk| OwnedString::new(ctx, &qk.key))
@@ -465,7 +467,11 @@ fn grant_group(ctx: Ctx, st: &mut ModuleState, gid: u64, now: i64) -> usize {
         match key.kind() {
             KeyKind::Empty => own.push(None),
             KeyKind::Reservation(_) => match granting::value_of(key) {
-                Some(ValueRef::Mutex(r)) if r.holder() == &*holder => own.push(Some(r.token())),
+                Some(ValueRef::Mutex(r))
+                    if r.holder() == &*holder && !r.in_delay(key.abs_expire(), now) =>
+                {
+                    own.push(Some(r.token()))
+                }
                 _ => return 0,
             },
             _ => return 0,
@@ -484,13 +490,15 @@ fn grant_group(ctx: Ctx, st: &mut ModuleState, gid: u64, now: i64) -> usize {
     if remove_group(ctx, st, gid).is_none() {
         return 0;
     }
-    let expire_at = now.saturating_add(ttl_ms as i64);
     for (i, key) in opened.iter().enumerate() {
         let qk = &keys[i];
         match own[i] {
-            None => granting::grant(ctx, key, &qk.key, &holder, ttl_ms, tokens[i], now),
+            None => granting::grant(ctx, key, &qk.key, &holder, ttl, tokens[i], now),
             Some(_) => {
+                // A re-acquire keeps the grant's token and its delay.
+                let mut expire_at = ttl.key_expire(now);
                 if let Some(ValueRef::Mutex(r)) = granting::value_of(key) {
+                    expire_at = Ttl::new(ttl.ttl_ms, r.delay_ms()).key_expire(now);
                     granting::replicate_state(ctx, &qk.key, r, expire_at);
                 }
                 key.set_abs_expire(expire_at);

@@ -15,9 +15,9 @@ use crate::engine::args::{self, ArgError, LockArgs};
 use crate::engine::errors;
 use crate::engine::grants::{decide_acquire, Acquire, Ask, Grant, GrantSet, Mode};
 use crate::engine::reservation::{
-    decide_lock, decide_owner, Current, LockDecision, OwnerDecision, Reservation, ReservationRef,
+    decide_lock, decide_owner, renewed, Current, LockDecision, OwnerDecision, Reservation,
+    ReservationRef, Ttl,
 };
-use crate::engine::value::ValueRef;
 use crate::glue::blocking::{self, block_waiter, queue_key, WaitRequest};
 use crate::glue::config;
 use crate::glue::ffi::{
@@ -26,6 +26,7 @@ use crate::glue::ffi::{
 };
 use crate::glue::granting::{self, grant, replicate_state};
 use crate::glue::notify::{notify, Event};
+use crate::glue::observers;
 use crate::glue::state::{
     bump, is_replica, observe_token, state, ModuleState, QueueKey, STATS, WAITERS_QUEUED,
 };
@@ -94,19 +95,9 @@ pub fn run(ctx: Ctx, argv: *mut RString, argc: c_int, handler: Handler) -> c_int
     raw::REDISMODULE_OK as c_int
 }
 
-/// What the key holds, or WRONGTYPE for any other kind of value.
-pub fn current(key: &OpenKey) -> Result<Current<'_>, Failure> {
-    Ok(match key.kind() {
-        KeyKind::Empty => Current::Free,
-        // SAFETY: the value lives as long as the key stays open and is
-        // not replaced; callers drop this view before changing the key.
-        KeyKind::Reservation(r) => match unsafe { ValueRef::from_raw(r) } {
-            ValueRef::Mutex(r) => Current::Held(r),
-            ValueRef::Set(set) => Current::Grants(set),
-        },
-        KeyKind::LegacyString => Current::Legacy(key.string_value()),
-        KeyKind::Other => return Err(errors::WRONGTYPE.into()),
-    })
+/// What the key holds at `now`, or WRONGTYPE for any other kind of value.
+pub fn current(key: &OpenKey, now: i64) -> Result<Current<'_>, Failure> {
+    key.current(now).ok_or(Failure::Message(errors::WRONGTYPE))
 }
 
 /// Replicas never grant, renew or release on their own (only what their
@@ -146,6 +137,8 @@ struct Request<'a> {
     holder: &'a [u8],
     ttl_ms: u64,
     ask: Ask,
+    /// The grant's lock-delay (its `DELAY`, else the setting).
+    delay_ms: u32,
     on_held: OnHeld,
     /// `reservation.max-holder-len` when the command was parsed.
     max_holder_len: usize,
@@ -159,6 +152,7 @@ impl<'a> Request<'a> {
             holder: a.holder,
             ttl_ms: a.ttl_ms,
             ask: a.ask,
+            delay_ms: config::lock_delay(a.delay_ms),
             on_held,
             max_holder_len,
         }
@@ -202,7 +196,7 @@ pub fn wait(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
 fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
     let key = OpenKey::write(ctx, req.name);
     let now = now_ms();
-    let cur = current(&key)?;
+    let cur = current(&key, now)?;
     if req.ask != Ask::EXCLUSIVE || matches!(cur, Current::Grants(_)) {
         return acquire_shared(ctx, &key, req, now);
     }
@@ -214,7 +208,8 @@ fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
     match decision {
         LockDecision::Grant => {
             let token = granting::new_token(ctx, now)?;
-            grant(ctx, &key, req.key, req.holder, req.ttl_ms, token, now);
+            let ttl = Ttl::new(req.ttl_ms, req.delay_ms);
+            grant(ctx, &key, req.key, req.holder, ttl, token, now);
             notify(ctx, Event::Lock, req.name);
             reply_integer(ctx, token as i64);
             return Ok(());
@@ -223,7 +218,8 @@ fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
             let Current::Held(r) = cur else {
                 return Err(errors::INTERNAL_PANIC.into());
             };
-            let expire_at = now.saturating_add(req.ttl_ms as i64);
+            // A re-acquire keeps the grant's token and its delay.
+            let expire_at = Ttl::new(req.ttl_ms, r.delay_ms()).key_expire(now);
             replicate_state(ctx, req.key, r, expire_at);
             key.set_abs_expire(expire_at);
             bump(&STATS.reacquires);
@@ -271,7 +267,7 @@ fn on_held(
             let qk = queue_key(ctx, req.key);
             let wait = WaitRequest {
                 holder: req.holder,
-                ttl_ms: req.ttl_ms,
+                ttl: Ttl::new(req.ttl_ms, req.delay_ms),
                 ask: req.ask,
                 timeout_ms,
             };
@@ -302,7 +298,7 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
     // Twice at most: waiters admitted first, then the request itself.
     for _ in 0..2 {
         let (occupancy, mine) =
-            granting::occupancy(key, req.holder).ok_or(Failure::Message(errors::WRONGTYPE))?;
+            granting::occupancy(key, req.holder, now).ok_or(Failure::Message(errors::WRONGTYPE))?;
         let queued = st.waiters.len(&qk) > 0;
         let head_fits = blocking::head_fits(&mut st, &qk, occupancy);
         let decision = decide_acquire(
@@ -344,11 +340,13 @@ fn acquire_shared(ctx: Ctx, key: &OpenKey, req: Request<'_>, now: i64) -> Result
                     renewals: 0,
                     mode: req.ask.mode,
                     permits: req.ask.permits,
+                    delay_ms: req.delay_ms,
                 };
                 if req.ask.is_exclusive() && occupancy.grants == 0 {
                     // A free key (or an emptied set) taken exclusively is a
                     // mutex; `grant` replaces whatever value was there.
-                    grant(ctx, key, req.key, req.holder, req.ttl_ms, token, now);
+                    let ttl = Ttl::new(req.ttl_ms, req.delay_ms);
+                    grant(ctx, key, req.key, req.holder, ttl, token, now);
                 } else {
                     granting::put_grant(key, new_grant, req.ask.limit);
                     bump(&STATS.grants);
@@ -446,7 +444,7 @@ fn acquire_all(
     let mut held: Vec<Option<u64>> = Vec::with_capacity(keys.len());
     let mut all_free = true;
     for (key, name) in keys.iter().zip(a.keys) {
-        match current(key)? {
+        match current(key, now)? {
             Current::Held(r) if r.holder() == a.holder => held.push(Some(r.token())),
             Current::Free if waiters_on(ctx, &st, name).is_none() => held.push(None),
             _ => all_free = false,
@@ -470,7 +468,7 @@ fn acquire_all(
                 let expires: Vec<Option<i64>> = keys.iter().map(OpenKey::abs_expire).collect();
                 let wait = WaitRequest {
                     holder: a.holder,
-                    ttl_ms: a.ttl_ms,
+                    ttl: Ttl::new(a.ttl_ms, config::lock_delay(None)),
                     ask: Ask::EXCLUSIVE,
                     timeout_ms,
                 };
@@ -487,13 +485,16 @@ fn acquire_all(
             None => granting::new_token(ctx, now)?,
         });
     }
-    let expire_at = now.saturating_add(a.ttl_ms as i64);
+    let ttl = Ttl::new(a.ttl_ms, config::lock_delay(None));
     for (i, key) in keys.iter().enumerate() {
         let name = a.keys[i];
         match held[i] {
-            None => grant(ctx, key, name, a.holder, a.ttl_ms, tokens[i], now),
+            None => grant(ctx, key, name, a.holder, ttl, tokens[i], now),
             Some(_) => {
-                if let Current::Held(r) = current(key)? {
+                // A re-acquire keeps the grant's token and its delay.
+                let mut expire_at = ttl.key_expire(now);
+                if let Current::Held(r) = current(key, now)? {
+                    expire_at = Ttl::new(a.ttl_ms, r.delay_ms()).key_expire(now);
                     replicate_state(ctx, name, r, expire_at);
                 }
                 key.set_abs_expire(expire_at);
@@ -519,8 +520,8 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
     refuse_on_replica()?;
     let key = OpenKey::write(ctx, raw_args[1]);
     let now = now_ms();
-    let expire_at = now.saturating_add(a.ttl_ms as i64);
-    let cur = current(&key)?;
+    let mut expire_at = now.saturating_add(a.ttl_ms as i64);
+    let cur = current(&key, now)?;
     if let Current::Grants(_) = cur {
         return renew_grant(ctx, &key, raw_args[1], &a, now);
     }
@@ -533,9 +534,17 @@ pub fn renew(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failu
             // SAFETY: the value is ours, alive while the key is open, and
             // no other reference into it is live here.
             let r = unsafe { ReservationRef::from_raw(r) };
+            // The delay runs on after the renewed expiry.
+            expire_at = Ttl::new(a.ttl_ms, r.delay_ms()).key_expire(now);
             // SAFETY: as above.
-            unsafe { r.increment_renewals() };
-            replicate_state(ctx, a.key, r, expire_at);
+            if unsafe { r.increment_renewals() } {
+                replicate_state(ctx, a.key, r, expire_at);
+            } else {
+                // The count outgrew its packed field: stored anew.
+                let fresh = renewed(r);
+                replicate_state(ctx, a.key, fresh.view(), expire_at);
+                key.set_reservation(fresh);
+            }
         }
         OwnerDecision::LegacyOwner => {
             let at = expire_at.to_string();
@@ -601,7 +610,7 @@ pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Fai
     let a = args::parse_release(argv)?;
     refuse_on_replica()?;
     let key = OpenKey::write(ctx, raw_args[1]);
-    let cur = current(&key)?;
+    let cur = current(&key, now_ms())?;
     if let Current::Grants(_) = cur {
         let mut st = module_state()?;
         let qk = queue_key(ctx, a.key);
@@ -633,6 +642,31 @@ pub fn release(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Fai
     }
     reply_integer(ctx, 1);
     Ok(())
+}
+
+/// `RESERVE.OBSERVE key token timeout`: `[holder, token]` of the key's
+/// oldest current grant (`[nil, 0]` for none) as soon as its token is not
+/// `token`: at once, or when it changes; nil at the timeout. Inside MULTI
+/// and scripts it never blocks (nil when unchanged). Takes nothing, so it
+/// runs on replicas too.
+pub fn observe(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> {
+    let a = args::parse_observe(argv)?;
+    bump(&STATS.observes);
+    let now = now_ms();
+    let seen = {
+        let key = OpenKey::read(ctx, raw_args[1]);
+        observers::seen(&key, now).ok_or(Failure::Message(errors::WRONGTYPE))?
+    };
+    if seen.token != a.seen {
+        observers::reply_seen(ctx, seen.holder.as_deref(), seen.token);
+        return Ok(());
+    }
+    if context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING != 0 {
+        reply_null(ctx);
+        return Ok(());
+    }
+    let qk = queue_key(ctx, a.key);
+    observers::block(ctx, qk, a.seen, a.timeout_ms, seen.next_change_at).map_err(Failure::from)
 }
 
 /// One grant as INFO shows it.
@@ -681,29 +715,37 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
     };
     let key = OpenKey::read(ctx, raw_args[1]);
     let now = now_ms();
-    let key_ttl = key.abs_expire().map_or(-1, |e| (e - now).max(0));
-    let exclusive = |holder, token, acquired_at_ms, renewals| Shown {
+    let key_expire = key.abs_expire();
+    let key_ttl = key_expire.map_or(-1, |e| (e - now).max(0));
+    let exclusive = |holder, token, ttl_ms, acquired_at_ms, renewals| Shown {
         holder,
         token,
-        ttl_ms: key_ttl,
+        ttl_ms,
         acquired_at_ms,
         renewals,
         mode: Mode::Exclusive,
         permits: 1,
     };
-    let (grants, limit): (Vec<Shown<'_>>, u32) = match current(&key)? {
+    // The delay left on a key whose grant expired into its lock-delay.
+    let mut delay_ms = 0;
+    let (grants, limit): (Vec<Shown<'_>>, u32) = match current(&key, now)? {
         Current::Free => (Vec::new(), 0),
-        Current::Held(r) => (
-            vec![exclusive(
-                r.holder(),
-                r.token(),
-                r.acquired_at_ms(),
-                r.renewals(),
-            )],
-            0,
-        ),
+        Current::Held(r) => {
+            // The key's expiry runs on through the delay; the grant's not.
+            let ttl = match key_expire {
+                Some(e) => (r.grant_end(e) - now).max(0),
+                None => -1,
+            };
+            let shown = exclusive(r.holder(), r.token(), ttl, r.acquired_at_ms(), r.renewals());
+            (vec![shown], 0)
+        }
+        Current::Delayed(r) => {
+            delay_ms = key_ttl.max(0);
+            let shown = exclusive(r.holder(), r.token(), 0, r.acquired_at_ms(), r.renewals());
+            (vec![shown], 0)
+        }
         // An old library's reservation has no token or history.
-        Current::Legacy(value) => (vec![exclusive(value, 0, 0, 0)], 0),
+        Current::Legacy(value) => (vec![exclusive(value, 0, key_ttl, 0, 0)], 0),
         // Grants whose time is up count as gone, even before their timer
         // (or, on a replica, the master) removes them.
         Current::Grants(set) => (
@@ -727,11 +769,18 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
         reply_null(ctx);
         return Ok(());
     };
-    let permits_used: u64 = grants.iter().map(|g| u64::from(g.permits)).sum();
+    // A key in its lock-delay is granted to no one.
+    let permits_used: u64 = if delay_ms > 0 {
+        0
+    } else {
+        grants.iter().map(|g| u64::from(g.permits)).sum()
+    };
     let st = module_state()?;
     let qk = queue_key(ctx, name);
-    reply_map(ctx, 11);
+    reply_map(ctx, 12);
     reply_grant(ctx, oldest);
+    reply_bulk(ctx, b"delay_ms");
+    reply_integer(ctx, delay_ms);
     reply_bulk(ctx, b"limit");
     reply_integer(ctx, i64::from(limit));
     reply_bulk(ctx, b"permits_used");
@@ -763,7 +812,8 @@ pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), F
     }
     let a = args::parse_set_state(argv)?;
     let key = OpenKey::write(ctx, raw_args[1]);
-    let fresh = Reservation::with_renewals(a.holder, a.token, a.acquired_at_ms, a.renewals);
+    let fresh =
+        Reservation::with_delay(a.holder, a.token, a.acquired_at_ms, a.renewals, a.delay_ms);
     // An existing value of ours is replaced (and freed) by Redis; any
     // other kind of value is deleted first.
     if matches!(key.kind(), KeyKind::LegacyString | KeyKind::Other) {
@@ -774,6 +824,7 @@ pub fn set_state(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), F
         key.set_abs_expire(at);
     }
     observe_token(a.token);
+    observers::note_change(ctx, a.key);
     // A replica passes it on to its own AOF; the arguments are absolute.
     // SAFETY: ctx is the command context.
     unsafe { rm!(RedisModule_ReplicateVerbatim)(ctx) };
@@ -799,6 +850,7 @@ pub fn set_grants(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), 
     }
     let key = OpenKey::write(ctx, raw_args[1]);
     granting::restore_set(&key, set);
+    observers::note_change_of(ctx, raw_args[1]);
     // A replica passes it on to its own AOF; the state is absolute.
     // SAFETY: ctx is the command context.
     unsafe { rm!(RedisModule_ReplicateVerbatim)(ctx) };
@@ -845,6 +897,7 @@ entry_point!(wait_command, wait);
 entry_point!(lock_all_command, lock_all);
 entry_point!(wait_all_command, wait_all);
 entry_point!(info_command, info);
+entry_point!(observe_command, observe);
 entry_point!(set_state_command, set_state);
 entry_point!(set_grants_command, set_grants);
 entry_point!(token_floor_command, token_floor);

@@ -1,5 +1,6 @@
 //! Module configuration: `reservation.max-ttl`, `reservation.max-holder-len`,
-//! `reservation.max-waiters` and `reservation.max-holders`, as Redis 7 module configs (`CONFIG
+//! `reservation.max-waiters`, `reservation.max-holders` and
+//! `reservation.lock-delay`, as Redis 7 module configs (`CONFIG
 //! SET/GET`, `redis.conf`) that also accept `loadmodule` arguments.
 
 use std::ffi::{c_char, c_int, c_longlong, c_void, CString};
@@ -44,7 +45,17 @@ pub static MAX_WAITERS: Setting = Setting::new("max-waiters", 100_000, 1, 10_000
 /// Most grants on one key (shared holders), and the largest `LIMIT`.
 pub static MAX_HOLDERS: Setting = Setting::new("max-holders", 100_000, 1, 10_000_000);
 
-pub static SETTINGS: [&Setting; 4] = [&MAX_TTL, &MAX_HOLDER_LEN, &MAX_WAITERS, &MAX_HOLDERS];
+/// The lock-delay, in ms, of grants made without `DELAY` (SPEC section 12).
+pub static LOCK_DELAY: Setting =
+    Setting::new("lock-delay", 0, 0, crate::engine::args::MAX_DELAY_MS as i64);
+
+pub static SETTINGS: [&Setting; 5] = [
+    &MAX_TTL,
+    &MAX_HOLDER_LEN,
+    &MAX_WAITERS,
+    &MAX_HOLDERS,
+    &LOCK_DELAY,
+];
 
 pub fn limits() -> Limits {
     Limits {
@@ -60,6 +71,11 @@ pub fn max_holders() -> usize {
 
 pub fn max_waiters() -> usize {
     MAX_WAITERS.get() as usize
+}
+
+/// The lock-delay of a grant: its own `DELAY`, else the setting.
+pub fn lock_delay(asked: Option<u32>) -> u32 {
+    asked.unwrap_or_else(|| u32::try_from(LOCK_DELAY.get()).unwrap_or(0))
 }
 
 /// Parses `loadmodule ... max-ttl 60 max-holder-len 64` into overrides of

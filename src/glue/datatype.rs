@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
-use crate::engine::args::HOLDER_LEN_CAP;
+use crate::engine::args::{HOLDER_LEN_CAP, MAX_DELAY_MS};
 use crate::engine::grants::GrantSet;
 use crate::engine::grants::MAX_RENEWALS;
 use crate::engine::reservation::Reservation;
@@ -31,6 +31,8 @@ const ENCODING_V1: i32 = 1;
 
 const KIND_MUTEX: u64 = 0;
 const KIND_SET: u64 = 1;
+/// A mutex with a lock-delay: the mutex's fields, then the delay in ms.
+const KIND_DELAYED_MUTEX: u64 = 2;
 
 /// Reservations currently stored (created minus freed), and how many of
 /// them are grant sets.
@@ -97,7 +99,7 @@ pub static RESERVATION_TYPE: RedisType = RedisType::new(
 /// key and a holder outside the limits could never renew or release.
 extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
     let loaded = match encver {
-        ENCODING_V1 => load_mutex(rdb).map(Value::Mutex),
+        ENCODING_V1 => load_mutex(rdb, false).map(Value::Mutex),
         ENCODING_VERSION => load_v2(rdb),
         _ => return std::ptr::null_mut(),
     };
@@ -130,7 +132,8 @@ enum Refused {
 
 fn load_v2(rdb: *mut raw::RedisModuleIO) -> Result<Value, Refused> {
     match raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)? {
-        KIND_MUTEX => load_mutex(rdb).map(Value::Mutex),
+        KIND_MUTEX => load_mutex(rdb, false).map(Value::Mutex),
+        KIND_DELAYED_MUTEX => load_mutex(rdb, true).map(Value::Mutex),
         KIND_SET => {
             let bytes = raw::load_string_buffer(rdb).map_err(|_| Refused::Truncated)?;
             GrantSet::decode(bytes.as_ref(), HOLDER_LEN_CAP)
@@ -141,11 +144,19 @@ fn load_v2(rdb: *mut raw::RedisModuleIO) -> Result<Value, Refused> {
     }
 }
 
-fn load_mutex(rdb: *mut raw::RedisModuleIO) -> Result<Reservation, Refused> {
+fn load_mutex(rdb: *mut raw::RedisModuleIO, with_delay: bool) -> Result<Reservation, Refused> {
     let holder = raw::load_string_buffer(rdb).map_err(|_| Refused::Truncated)?;
     let token = raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)?;
     let acquired_at_ms = raw::load_signed(rdb).map_err(|_| Refused::Truncated)?;
     let renewals = raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)?;
+    let delay_ms = if with_delay {
+        raw::load_unsigned(rdb).map_err(|_| Refused::Truncated)?
+    } else {
+        0
+    };
+    if delay_ms > MAX_DELAY_MS {
+        return Err(Refused::OutOfRange("lock-delay above an hour"));
+    }
     let holder = holder.as_ref();
     if holder.is_empty() || holder.len() > HOLDER_LEN_CAP {
         return Err(Refused::OutOfRange("holder empty or longer than 1 MiB"));
@@ -156,11 +167,12 @@ fn load_mutex(rdb: *mut raw::RedisModuleIO) -> Result<Reservation, Refused> {
     if renewals > MAX_RENEWALS {
         return Err(Refused::OutOfRange("renewal count above 2^32-1"));
     }
-    Ok(Reservation::with_renewals(
+    Ok(Reservation::with_delay(
         holder,
         token,
         acquired_at_ms,
         renewals,
+        delay_ms as u32,
     ))
 }
 
@@ -174,11 +186,20 @@ fn value<'a>(value: *const c_void) -> ValueRef<'a> {
 extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, v: *mut c_void) {
     match value(v) {
         ValueRef::Mutex(r) => {
-            raw::save_unsigned(rdb, KIND_MUTEX);
+            let delay = r.delay_ms();
+            let kind = if delay > 0 {
+                KIND_DELAYED_MUTEX
+            } else {
+                KIND_MUTEX
+            };
+            raw::save_unsigned(rdb, kind);
             raw::save_slice(rdb, r.holder());
             raw::save_unsigned(rdb, r.token());
             raw::save_signed(rdb, r.acquired_at_ms());
             raw::save_unsigned(rdb, r.renewals());
+            if delay > 0 {
+                raw::save_unsigned(rdb, u64::from(delay));
+            }
         }
         ValueRef::Set(set) => {
             raw::save_unsigned(rdb, KIND_SET);
@@ -211,6 +232,31 @@ extern "C" fn aof_rewrite(aof: *mut raw::RedisModuleIO, key: RString, v: *mut c_
     let token = r.token().to_string();
     let acquired = r.acquired_at_ms().to_string();
     let renewals = r.renewals().to_string();
+    if r.delay_ms() > 0 {
+        let delay = r.delay_ms().to_string();
+        // SAFETY: "sbbbbcb": key string, four buffers with lengths, one C
+        // string, one buffer with its length.
+        unsafe {
+            rm!(RedisModule_EmitAOF)(
+                aof,
+                c"RESERVE.SETSTATE".as_ptr(),
+                c"sbbbbcb".as_ptr(),
+                key,
+                r.holder().as_ptr(),
+                r.holder().len(),
+                token.as_ptr(),
+                token.len(),
+                acquired.as_ptr(),
+                acquired.len(),
+                renewals.as_ptr(),
+                renewals.len(),
+                c"0".as_ptr(),
+                delay.as_ptr(),
+                delay.len(),
+            )
+        };
+        return;
+    }
     // SAFETY: "sbbbbc": key string, four buffers with lengths, one C string.
     unsafe {
         rm!(RedisModule_EmitAOF)(
@@ -266,6 +312,7 @@ extern "C" fn digest(md: *mut raw::RedisModuleDigest, v: *mut c_void) {
             add_int(r.token() as i64);
             add_int(r.acquired_at_ms());
             add_int(r.renewals() as i64);
+            add_int(i64::from(r.delay_ms()));
         }
         // Every grant with its own expiry: a replica must match exactly.
         ValueRef::Set(set) => add(&set.encode()),
@@ -321,7 +368,7 @@ extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int)
 
 /// Redis calls this just before it removes one of our keys from the
 /// keyspace (see `unlinks.rs`).
-extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
+extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, v: *const c_void) {
     // SAFETY: the opt ctx is valid for this callback.
     let (name, db) = unsafe {
         (
@@ -329,8 +376,12 @@ extern "C" fn unlink2(ctx: *mut raw::RedisModuleKeyOptCtx, _v: *const c_void) {
             rm!(RedisModule_GetDbIdFromOptCtx)(ctx),
         )
     };
-    unlinks::record(QueueKey {
-        db,
-        key: string_bytes(name).into(),
-    });
+    let delayed = !v.is_null() && matches!(value(v), ValueRef::Mutex(r) if r.delay_ms() > 0);
+    unlinks::record(
+        QueueKey {
+            db,
+            key: string_bytes(name).into(),
+        },
+        delayed,
+    );
 }

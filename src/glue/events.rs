@@ -13,6 +13,7 @@ use redis_module::raw;
 use crate::glue::blocking::{schedule_check, schedule_check_all};
 use crate::glue::ffi::{create_timer, replicate, rm, selected_db, string_bytes, Ctx, RString};
 use crate::glue::notify::{notify, Event};
+use crate::glue::observers;
 use crate::glue::state::{bump, last_token, state, QueueKey, STATS, WAITERS_QUEUED};
 use crate::glue::state::{note_disconnecting, set_replica};
 use crate::glue::unlinks::{take_unlinked, unlink_pending};
@@ -34,6 +35,8 @@ pub extern "C" fn on_keyspace_event(
     key: RString,
 ) -> c_int {
     let expired = event_type & raw::REDISMODULE_NOTIFY_EXPIRED != 0;
+    // Deleted, expired, renamed, retyped: its observers look.
+    observers::note_change_of(ctx, key);
     let unlinked = unlink_pending();
     let waited = WAITERS_QUEUED.load(std::sync::atomic::Ordering::Relaxed) > 0;
     if !unlinked && !waited {
@@ -43,9 +46,16 @@ pub extern "C" fn on_keyspace_event(
         db: selected_db(ctx),
         key: string_bytes(key).into(),
     };
-    if unlinked && take_unlinked(&qk) && expired {
-        bump(&STATS.expirations);
-        notify(ctx, Event::Expire, key);
+    if unlinked && expired {
+        if let Some(delayed) = take_unlinked(&qk) {
+            bump(&STATS.expirations);
+            if delayed {
+                bump(&STATS.lock_delays);
+            }
+            notify(ctx, Event::Expire, key);
+        }
+    } else if unlinked {
+        take_unlinked(&qk);
     }
     if !waited {
         return raw::REDISMODULE_OK as c_int;
@@ -70,19 +80,24 @@ extern "C" fn on_flush(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, data: *mut
     }
     // SAFETY: for FlushDB events the data is a RedisModuleFlushInfo.
     let info = unsafe { &*data.cast::<raw::RedisModuleFlushInfo>() };
-    schedule_check_all(ctx, (info.dbnum >= 0).then_some(info.dbnum));
+    let db = (info.dbnum >= 0).then_some(info.dbnum);
+    schedule_check_all(ctx, db);
+    observers::note_all(ctx, db);
 }
 
 extern "C" fn on_swapdb(ctx: Ctx, _e: raw::RedisModuleEvent, _sub: u64, data: *mut c_void) {
     // SAFETY: for SwapDB events the data is a RedisModuleSwapDbInfo.
     let info = unsafe { &*data.cast::<raw::RedisModuleSwapDbInfo>() };
-    schedule_check_all(ctx, Some(info.dbnum_first));
-    schedule_check_all(ctx, Some(info.dbnum_second));
+    for db in [info.dbnum_first, info.dbnum_second] {
+        schedule_check_all(ctx, Some(db));
+        observers::note_all(ctx, Some(db));
+    }
 }
 
 extern "C" fn on_loading(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _data: *mut c_void) {
     if sub == raw::REDISMODULE_SUBEVENT_LOADING_ENDED {
         schedule_check_all(ctx, None);
+        observers::note_all(ctx, None);
     }
 }
 
@@ -92,6 +107,7 @@ extern "C" fn on_role_change(ctx: Ctx, _e: raw::RedisModuleEvent, sub: u64, _dat
     if now_master {
         schedule_check_all(ctx, None);
     }
+    observers::note_all(ctx, None);
 }
 
 /// A child process (AOF rewrite, RDB save) was forked. An AOF rewritten

@@ -12,15 +12,39 @@
 
 use crate::engine::errors;
 use crate::engine::grants::{Grant, GrantSet, Mine, Mode, Occupancy};
-use crate::engine::reservation::{Reservation, ReservationRef};
+use crate::engine::reservation::{Reservation, ReservationRef, Ttl};
 use crate::engine::value::{self, Value, ValueRef};
 use crate::glue::ffi::{self, rm, Ctx};
 use crate::glue::notify::{notify_bytes, Event};
 use crate::glue::state::{bump, count_set_grants, issue_token, STATS};
 use crate::glue::store::{KeyKind, OpenKey};
 
-/// Propagates one mutex's full state: holder, exact token, absolute expiry.
+/// Propagates one mutex's full state: holder, exact token, absolute expiry
+/// (the key's: the grant's end plus its delay), and the delay when it has
+/// one (a mutex without keeps the first release's six arguments).
 pub fn replicate_state(ctx: Ctx, key: &[u8], r: ReservationRef<'_>, expire_at_ms: i64) {
+    let delay = r.delay_ms();
+    if delay > 0 {
+        // SAFETY: "bblllll" = two (pointer, length) buffers and five long
+        // longs; Redis copies them into the propagated command.
+        unsafe {
+            rm!(RedisModule_Replicate)(
+                ctx,
+                c"RESERVE.SETSTATE".as_ptr(),
+                c"bblllll".as_ptr(),
+                key.as_ptr(),
+                key.len(),
+                r.holder().as_ptr(),
+                r.holder().len(),
+                r.token() as i64,
+                r.acquired_at_ms(),
+                r.renewals() as i64,
+                expire_at_ms,
+                i64::from(delay),
+            )
+        };
+        return;
+    }
     // SAFETY: "bbllll" = two (pointer, length) buffers and four long
     // longs; Redis copies them into the propagated command.
     unsafe {
@@ -74,17 +98,9 @@ pub fn new_token(ctx: Ctx, now: i64) -> Result<u64, &'static str> {
 
 /// Creates a mutex for `holder` on an empty key with `token` (fresh from
 /// `new_token`).
-pub fn grant(
-    ctx: Ctx,
-    key: &OpenKey,
-    name: &[u8],
-    holder: &[u8],
-    ttl_ms: u64,
-    token: u64,
-    now: i64,
-) {
-    let r = Reservation::new(holder, token, now);
-    let expire_at = now.saturating_add(ttl_ms as i64);
+pub fn grant(ctx: Ctx, key: &OpenKey, name: &[u8], holder: &[u8], ttl: Ttl, token: u64, now: i64) {
+    let r = Reservation::with_delay(holder, token, now, 0, ttl.delay_ms);
+    let expire_at = ttl.key_expire(now);
     replicate_state(ctx, name, r.view(), expire_at);
     key.set_reservation(r);
     key.set_abs_expire(expire_at);
@@ -103,15 +119,16 @@ pub fn value_of(key: &OpenKey) -> Option<ValueRef<'_>> {
     }
 }
 
-/// What the key holds and `holder`'s own grant on it, or None for a value
-/// of another type (WRONGTYPE). An old library's plain string counts as an
-/// exclusive grant of nobody the module knows.
-pub fn occupancy(key: &OpenKey, holder: &[u8]) -> Option<(Occupancy, Option<Mine>)> {
+/// What the key holds at `now` and `holder`'s own grant on it, or None for
+/// a value of another type (WRONGTYPE). An old library's plain string, and
+/// a key waiting out a lock-delay, count as an exclusive grant of nobody.
+pub fn occupancy(key: &OpenKey, holder: &[u8], now: i64) -> Option<(Occupancy, Option<Mine>)> {
     Some(match key.kind() {
         KeyKind::Empty => (Occupancy::default(), None),
         KeyKind::LegacyString => (Occupancy::EXCLUSIVE, None),
         KeyKind::Other => return None,
         KeyKind::Reservation(_) => match value_of(key)? {
+            ValueRef::Mutex(r) if r.in_delay(key.abs_expire(), now) => (Occupancy::EXCLUSIVE, None),
             ValueRef::Mutex(r) => {
                 let mine = (r.holder() == holder).then_some(Mine {
                     token: r.token(),
@@ -165,9 +182,34 @@ pub fn put_grant(key: &OpenKey, grant: Grant, limit: Option<u32>) {
 }
 
 /// Ends the grants of a set key whose time is up (at or before `now`),
-/// with their events; how many ended.
+/// with their events; how many ended. When that leaves no grant and one of
+/// them has a lock-delay still running, the key waits it out as a delayed
+/// mutex of that grant (stored and propagated here), granted to no one.
 pub fn end_expired(ctx: Ctx, key: &OpenKey, name: &[u8], now: i64) -> usize {
-    let ended = with_set(key, |set| set.remove_expired(now).len()).unwrap_or(0);
+    let (ended, delayed) = with_set(key, |set| {
+        let expired = set.remove_expired(now);
+        let delayed = if set.is_empty() {
+            GrantSet::delay_after(&expired, now).map(|(g, until)| {
+                let r = Reservation::with_delay(
+                    &g.holder,
+                    g.token,
+                    g.acquired_at_ms,
+                    u64::from(g.renewals),
+                    g.delay_ms,
+                );
+                (r, until)
+            })
+        } else {
+            None
+        };
+        (expired.len(), delayed)
+    })
+    .unwrap_or((0, None));
+    if let Some((r, until)) = delayed {
+        replicate_state(ctx, name, r.view(), until);
+        key.set_reservation(r);
+        key.set_abs_expire(until);
+    }
     for _ in 0..ended {
         bump(&STATS.expirations);
         notify_bytes(ctx, Event::Expire, name);
@@ -199,30 +241,33 @@ pub fn settle(ctx: Ctx, key: &OpenKey, name: &[u8]) -> Settled {
         return Settled::Deleted;
     }
     if let Some(only) = set.as_plain_mutex() {
-        let r = Reservation::with_renewals(
+        let r = Reservation::with_delay(
             &only.holder,
             only.token,
             only.acquired_at_ms,
             u64::from(only.renewals),
+            only.delay_ms,
         );
-        let expire_at = only.expires_at_ms;
+        let expire_at = only.expires_at_ms.saturating_add(i64::from(only.delay_ms));
         replicate_state(ctx, name, r.view(), expire_at);
         key.set_reservation(r);
         key.set_abs_expire(expire_at);
         return Settled::Mutex;
     }
-    let Some((earliest, latest)) = set.deadlines() else {
+    let Some((earliest, _)) = set.deadlines() else {
         return Settled::Deleted;
     };
     replicate_set(ctx, name, set);
-    key.set_abs_expire(latest);
+    if let Some(at) = set.key_expiry() {
+        key.set_abs_expire(at);
+    }
     Settled::Set { earliest }
 }
 
 /// Stores a grant set received from a master or the AOF exactly, with the
 /// key's expiry at its latest grant.
 pub fn restore_set(key: &OpenKey, set: GrantSet) {
-    let latest = set.deadlines().map(|(_, latest)| latest);
+    let latest = set.key_expiry();
     if matches!(key.kind(), KeyKind::LegacyString | KeyKind::Other) {
         key.delete();
     }

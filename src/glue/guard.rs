@@ -57,7 +57,8 @@ fn guard(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failure> 
     }
     let held = {
         let key = OpenKey::read(ctx, raw_args[1]);
-        holds_live(current(&key)?, a.holder, a.token, now_ms())
+        let now = now_ms();
+        holds_live(current(&key, now)?, a.holder, a.token, now)
     };
     if !held {
         bump(&STATS.guard_fenced);

@@ -9,7 +9,7 @@ use crate::glue::datatype::{live_grants, live_reservations};
 use crate::glue::ffi::rm;
 use crate::glue::state::{last_token, Stats, STATS, WAITERS_QUEUED};
 
-fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 14] {
+fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 18] {
     [
         ("grants", &s.grants),
         ("reacquires", &s.reacquires),
@@ -25,6 +25,10 @@ fn counters(s: &Stats) -> [(&'static str, &AtomicU64); 14] {
         ("wrongtype_waiters", &s.wrongtype_waiters),
         ("guard_runs", &s.guard_runs),
         ("guard_fenced", &s.guard_fenced),
+        ("lock_delays", &s.lock_delays),
+        ("observes", &s.observes),
+        ("observe_wakeups", &s.observe_wakeups),
+        ("observe_timeouts", &s.observe_timeouts),
     ]
 }
 
@@ -48,6 +52,7 @@ pub extern "C" fn info_callback(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_re
         "waiters",
         WAITERS_QUEUED.load(Ordering::Relaxed) as u64,
     );
+    add_field(ctx, "observers", crate::glue::observers::observing() as u64);
     for (name, counter) in counters(&STATS) {
         add_field(ctx, name, counter.load(Ordering::Relaxed));
     }

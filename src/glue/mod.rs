@@ -8,7 +8,9 @@
 //!   wait queues and their bookkeeping, hooks between callbacks);
 //! - `unlinks`: telling an expiry from other deletions;
 //! - `store`: a key as the module sees it (what it holds, storing, deleting);
-//! - `config`, `notify`, `info`: module configs, keyspace events, the INFO
+//! - `config`: module configs; `observers`: RESERVE.OBSERVE's blocked
+//!   clients, woken when a key's current grant changes;
+//! - `notify`, `info`: keyspace events (which wake observers), the INFO
 //!   section;
 //! - `datatype`: the `rsrv-lock` type's callbacks (RDB, AOF, digest, ...);
 //! - `granting`: storing a key's grants and propagating them;
@@ -29,6 +31,7 @@ pub mod granting;
 pub mod guard;
 pub mod info;
 pub mod notify;
+pub mod observers;
 pub mod registration;
 pub mod state;
 pub mod store;

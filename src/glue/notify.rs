@@ -7,6 +7,7 @@ use std::ffi::{c_int, CStr};
 use redis_module::raw;
 
 use crate::glue::ffi::{rm, Ctx, OwnedString, RString};
+use crate::glue::observers;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event {
@@ -37,8 +38,12 @@ fn enabled() -> bool {
     (unsafe { rm!(RedisModule_GetNotifyKeyspaceEvents)() } & CLASS) != 0
 }
 
-/// Fires `event` for `key` in the context's selected db.
+/// Fires `event` for `key` in the context's selected db. Every event but
+/// a renewal may change the key's current grant: its observers look.
 pub fn notify(ctx: Ctx, event: Event, key: RString) {
+    if !matches!(event, Event::Renew) {
+        observers::note_change_of(ctx, key);
+    }
     if enabled() {
         // SAFETY: ctx has a client (command, timer or callback context);
         // Redis copies what it publishes.
@@ -48,6 +53,9 @@ pub fn notify(ctx: Ctx, event: Event, key: RString) {
 
 /// As `notify`, for a key we only have as bytes.
 pub fn notify_bytes(ctx: Ctx, event: Event, key: &[u8]) {
+    if !matches!(event, Event::Renew) {
+        observers::note_change(ctx, key);
+    }
     if enabled() {
         let key = OwnedString::new(ctx, key);
         notify(ctx, event, key.as_ptr());

@@ -96,6 +96,21 @@ const fn count_option(name: &'static CStr, token: &'static CStr) -> ArgDoc {
     }
 }
 
+/// `[DELAY ms]`.
+const fn delay_option() -> ArgDoc {
+    count_option(c"delay", c"DELAY")
+}
+
+const fn optional_integer_arg(name: &'static CStr) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind: raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+        token: None,
+        optional: true,
+        multiple: false,
+    }
+}
+
 /// Further keys: `[key ...]`.
 const fn rest_key_arg(name: &'static CStr) -> ArgDoc {
     ArgDoc {
@@ -158,6 +173,7 @@ static COMMANDS: &[CommandSpec] = &[
             shared_option(),
             count_option(c"limit", c"LIMIT"),
             count_option(c"permits", c"PERMITS"),
+            delay_option(),
         ],
     },
     CommandSpec {
@@ -201,7 +217,19 @@ static COMMANDS: &[CommandSpec] = &[
             shared_option(),
             count_option(c"limit", c"LIMIT"),
             count_option(c"permits", c"PERMITS"),
+            delay_option(),
         ],
+    },
+    CommandSpec {
+        name: c"RESERVE.OBSERVE",
+        handler: commands::observe_command,
+        flags: c"readonly blocking",
+        arity: 4,
+        keys: ONE_KEY,
+        key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+        summary: c"Watches a reservation without taking it: replies [holder, token] of its oldest current grant ([nil, 0] for none) as soon as that token differs from the one given (at once, or blocking until it changes), or nil when the timeout (seconds, 0 = forever) passes.",
+        complexity: c"O(1) to block; O(N) to wake the N observers of a key",
+        args: &[key_arg(c"key"), integer_arg(c"token"), double_arg(c"timeout")],
     },
     CommandSpec {
         name: c"RESERVE.INFO",
@@ -265,7 +293,7 @@ static COMMANDS: &[CommandSpec] = &[
         name: c"RESERVE.SETSTATE",
         handler: commands::set_state_command,
         flags: c"write",
-        arity: 7,
+        arity: -7,
         keys: ONE_KEY,
         key_flags: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
         summary: c"Internal: restores a reservation exactly (replication and AOF only; refused from clients).",
@@ -277,6 +305,7 @@ static COMMANDS: &[CommandSpec] = &[
             integer_arg(c"acquired-at-ms"),
             integer_arg(c"renewals"),
             integer_arg(c"expire-at-ms"),
+            optional_integer_arg(c"delay-ms"),
         ],
     },
     CommandSpec {
@@ -512,7 +541,10 @@ pub fn load(ctx: Ctx, module_args: &[RedisString]) -> Result<(), String> {
     events::subscribe(ctx)?;
     // Keys Redis drops without a notification still get their waiters
     // checked (the data type reports them; blocking knows what to do).
-    crate::glue::state::on_silent_unlink(crate::glue::blocking::check_later_if_waited);
+    crate::glue::state::on_silent_unlink(|key| {
+        crate::glue::blocking::check_later_if_waited(key);
+        crate::glue::observers::note_unlinked(key);
+    });
     crate::glue::ffi::init_detached_ctx(ctx);
     // Replaces the crate's default (empty) info handler.
     // SAFETY: ctx is the OnLoad context.

@@ -17,6 +17,7 @@ use std::sync::{LazyLock, Mutex, MutexGuard, OnceLock, TryLockError};
 use redis_module::raw;
 
 use crate::engine::grants::Ask;
+use crate::engine::reservation::Ttl;
 use crate::engine::tokens::{TokenIssuer, TokensExhausted, MAX_TOKEN};
 use crate::engine::waitqueue::{WaitQueues, WaiterId};
 
@@ -63,6 +64,11 @@ pub struct Stats {
     pub wrongtype_waiters: AtomicU64,
     pub guard_runs: AtomicU64,
     pub guard_fenced: AtomicU64,
+    /// Keys that expired at the end of a lock-delay.
+    pub lock_delays: AtomicU64,
+    pub observes: AtomicU64,
+    pub observe_wakeups: AtomicU64,
+    pub observe_timeouts: AtomicU64,
 }
 
 pub static STATS: LazyLock<Stats> = LazyLock::new(Stats::default);
@@ -111,7 +117,8 @@ unsafe impl Send for BlockedClient {}
 #[derive(Debug)]
 pub struct Waiter {
     pub holder: Box<[u8]>,
-    pub ttl_ms: u64,
+    /// The grant's TTL and lock-delay.
+    pub ttl: Ttl,
     /// Exclusive, shared, or permits of a semaphore.
     pub ask: Ask,
     pub client: BlockedClient,
@@ -129,7 +136,7 @@ pub struct Waiter {
 pub struct Group {
     pub client: BlockedClient,
     pub holder: Box<[u8]>,
-    pub ttl_ms: u64,
+    pub ttl: Ttl,
     pub members: Vec<(QueueKey, WaiterId)>,
     pub timeout_timer: Option<u64>,
 }

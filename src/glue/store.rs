@@ -7,8 +7,8 @@ use std::ptr::NonNull;
 
 use redis_module::raw;
 
-use crate::engine::reservation::Reservation;
-use crate::engine::value::Value;
+use crate::engine::reservation::{Current, Reservation};
+use crate::engine::value::{Value, ValueRef};
 use crate::glue::datatype::{count_created, count_freed, RESERVATION_TYPE};
 use crate::glue::ffi::{rm, Ctx, RString};
 use crate::glue::unlinks;
@@ -75,6 +75,26 @@ impl OpenKey {
             }
             _ => KeyKind::Other,
         }
+    }
+
+    /// What the key holds at `now` (a mutex past its grant's end is in its
+    /// lock-delay), or None for a value of another type.
+    pub fn current(&self, now: i64) -> Option<Current<'_>> {
+        Some(match self.kind() {
+            KeyKind::Empty => Current::Free,
+            // SAFETY: the value lives as long as the key stays open and is
+            // not replaced; callers drop this view before changing the key.
+            KeyKind::Reservation(r) => match unsafe { ValueRef::from_raw(r) } {
+                // Only a mutex with a delay asks for the key's expiry.
+                ValueRef::Mutex(r) if r.delay_ms() > 0 && r.in_delay(self.abs_expire(), now) => {
+                    Current::Delayed(r)
+                }
+                ValueRef::Mutex(r) => Current::Held(r),
+                ValueRef::Set(set) => Current::Grants(set),
+            },
+            KeyKind::LegacyString => Current::Legacy(self.string_value()),
+            KeyKind::Other => return None,
+        })
     }
 
     /// The value of a plain-string key (an old library's holder).

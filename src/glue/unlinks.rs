@@ -19,8 +19,9 @@ use crate::glue::state::{silent_unlink, QueueKey};
 /// Set while the module itself deletes a key (RELEASE, an emptied set).
 static OWN_DELETE: AtomicBool = AtomicBool::new(false);
 
-/// The last reservation unlinked, and when (unix ms).
-static LAST_UNLINKED: Mutex<Option<(QueueKey, i64)>> = Mutex::new(None);
+/// The last reservation unlinked, when (unix ms), and whether it was a
+/// mutex with a lock-delay.
+static LAST_UNLINKED: Mutex<Option<(QueueKey, i64, bool)>> = Mutex::new(None);
 /// Set while LAST_UNLINKED holds a key: lets every other notification
 /// skip the mutex.
 static UNLINK_PENDING: AtomicBool = AtomicBool::new(false);
@@ -35,33 +36,35 @@ pub fn own_delete(delete: impl FnOnce()) {
 }
 
 /// From the type's `unlink2`: `key` is about to leave the keyspace.
-pub fn record(key: QueueKey) {
+pub fn record(key: QueueKey, delayed: bool) {
     if !OWN_DELETE.load(Ordering::Relaxed) {
         silent_unlink(&key);
     }
     if let Ok(mut last) = LAST_UNLINKED.try_lock() {
-        *last = Some((key, now_ms()));
+        *last = Some((key, now_ms(), delayed));
         UNLINK_PENDING.store(true, Ordering::Relaxed);
     }
 }
 
 /// Whether `key` is the reservation Redis unlinked just before the
-/// notification being handled. Redis fires `expired` right after the
-/// unlink, within the same millisecond or the next. Every notification we
+/// notification being handled (Some), and whether it had a lock-delay.
+/// Redis fires `expired` right after the unlink, within the same millisecond or the next. Every notification we
 /// receive consumes the record, and one we do not receive (a `SET` over
 /// the reservation) cannot leave a stale record that matches later: a
 /// value written after the unlink expires two milliseconds later at the
 /// earliest.
-pub fn take_unlinked(key: &QueueKey) -> bool {
+pub fn take_unlinked(key: &QueueKey) -> Option<bool> {
     if !UNLINK_PENDING.swap(false, Ordering::Relaxed) {
-        return false;
+        return None;
     }
     match LAST_UNLINKED.try_lock() {
         Ok(mut last) => match last.take() {
-            Some((unlinked, at)) => &unlinked == key && now_ms() - at <= 1,
-            None => false,
+            Some((unlinked, at, delayed)) if &unlinked == key && now_ms() - at <= 1 => {
+                Some(delayed)
+            }
+            _ => None,
         },
-        Err(_) => false,
+        Err(_) => None,
     }
 }
 

@@ -9,13 +9,14 @@ use crate::cmd::{as_int, bytes, call, text};
 use crate::error_text;
 
 /// The fields of a `RESERVE.INFO` reply, in the order the server sends them.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "holder",
     "token",
     "ttl_ms",
     "acquired_at_ms",
     "renewals",
     "mode",
+    "delay_ms",
     "limit",
     "permits_used",
     "waiters",
