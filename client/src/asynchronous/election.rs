@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::core::lost::LostReservation;
 use crate::core::observe::{self, Feed};
-use crate::core::protocol::Leader;
+use crate::core::protocol::{Leader, MAX_TOKEN};
 use crate::error::Error;
 
 use super::{within, AsyncConn, AsyncReservation, AsyncReservationManager, Inner};
@@ -44,9 +44,16 @@ impl AsyncReservationManager {
     /// The current leader of `name` (`None`: none, or its lock-delay
     /// runs); one `RESERVE.OBSERVE`.
     pub async fn leader(&self, name: &str) -> Result<Option<Leader>, Error> {
-        let cmd = observe::current_cmd(&self.key_for(name));
+        let key = self.key_for(name);
+        let cmd = observe::current_cmd(&key, MAX_TOKEN);
         let value: redis::Value = self.inner.run(&cmd).await?;
-        observe::current_reply(value)
+        if let Some(now) = observe::current_reply(value, MAX_TOKEN)? {
+            return Ok(now);
+        }
+        // The key's token is MAX_TOKEN itself: token 0 always differs.
+        let cmd = observe::current_cmd(&key, 0);
+        let value: redis::Value = self.inner.run(&cmd).await?;
+        Ok(observe::current_reply(value, 0)?.flatten())
     }
 
     /// Every change of `name`'s leader as a `Stream`: first the current

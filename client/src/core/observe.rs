@@ -17,7 +17,7 @@ use redis::Value;
 
 use crate::core::grant::Grant;
 use crate::core::lost::LostReason;
-use crate::core::protocol::{self, Access, Leader, NEVER_A_TOKEN, WAIT_SLACK};
+use crate::core::protocol::{self, Access, Leader, MAX_TOKEN, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::core::wait::{backoff, Attempt};
 use crate::error::{is_transient, Error};
@@ -41,22 +41,26 @@ const STABLE: Duration = Duration::from_secs(1);
 /// leader" (the key holds no grant, or is in its lock-delay).
 pub(crate) type Change = Option<Leader>;
 
-/// The one OBSERVE that asks for a key's current state: a token it can
-/// never hold, so it answers at once (the timeout only bounds a server
-/// that would not).
-pub(crate) fn current_cmd(key: &str) -> redis::Cmd {
-    protocol::observe(key, NEVER_A_TOKEN, Some(Duration::from_millis(1)))
+/// An OBSERVE that asks for a key's current state: with a token the key
+/// does not have, it answers at once. First with [`MAX_TOKEN`] (which
+/// no key has in practice, so even an old library's lock, token 0, is
+/// reported); if that times out the key has exactly that token, and a
+/// second one with token 0 tells its holder. The timeout only bounds the
+/// wait for that case.
+pub(crate) fn current_cmd(key: &str, probe: u64) -> redis::Cmd {
+    protocol::observe(key, probe, Some(Duration::from_millis(1)))
 }
 
-/// What [`current_cmd`] answered: who holds the key (`None`: no one, or
-/// its lock-delay runs).
-pub(crate) fn current_reply(value: Value) -> Result<Change, Error> {
+/// What [`current_cmd`]`(key, probe)` answered: `Ok(Some(state))` (who
+/// holds the key; `None`: no one, or its lock-delay runs), or `Ok(None)`
+/// to ask again with token 0 (the key's token is `probe`).
+pub(crate) fn current_reply(value: Value, probe: u64) -> Result<Option<Change>, Error> {
     match protocol::observe_reply(value) {
-        Ok(Some(now)) => Ok(now),
-        Ok(None) => Err(Error::Redis(redis::RedisError::from((
-            redis::ErrorKind::TypeError,
-            "RESERVE.OBSERVE timed out on a token no key holds",
-        )))),
+        Ok(Some(now)) => Ok(Some(now)),
+        // Token 0 is "no grant" (or an old library's lock, which a probe
+        // with MAX_TOKEN has reported already).
+        Ok(None) if probe == 0 => Ok(Some(None)),
+        Ok(None) => Ok(None),
         Err(e) => Err(Error::Redis(e)),
     }
 }
@@ -95,11 +99,7 @@ impl Feed {
         Attempt {
             connect_timeout: settings.connect_timeout,
             read_timeout: Some(FEED_POLL + WAIT_SLACK),
-            cmd: protocol::observe(
-                &self.key,
-                self.last.unwrap_or(NEVER_A_TOKEN),
-                Some(FEED_POLL),
-            ),
+            cmd: protocol::observe(&self.key, self.last.unwrap_or(MAX_TOKEN), Some(FEED_POLL)),
         }
     }
 
@@ -323,15 +323,31 @@ mod tests {
     }
 
     #[test]
-    fn the_current_state_is_one_observe_that_cannot_match() {
+    fn the_current_state_is_an_observe_with_a_token_the_key_has_not() {
         assert_eq!(
-            args(&current_cmd("k")),
-            ["RESERVE.OBSERVE", "k", &NEVER_A_TOKEN.to_string(), "0.001"]
+            args(&current_cmd("k", MAX_TOKEN)),
+            ["RESERVE.OBSERVE", "k", &MAX_TOKEN.to_string(), "0.001"]
         );
-        assert_eq!(current_reply(state(None, 0)).unwrap(), None);
-        assert_eq!(current_reply(state(Some("a"), 7)).unwrap(), leader("a", 7));
-        assert!(current_reply(Value::Nil).is_err());
-        assert!(current_reply(Value::Int(7)).is_err());
+        assert_eq!(
+            current_reply(state(None, 0), MAX_TOKEN).unwrap(),
+            Some(None)
+        );
+        assert_eq!(
+            current_reply(state(Some("a"), 7), MAX_TOKEN).unwrap(),
+            Some(leader("a", 7))
+        );
+        assert_eq!(
+            current_reply(state(Some("old-lib"), 0), MAX_TOKEN).unwrap(),
+            Some(leader("old-lib", 0))
+        );
+        // The key has MAX_TOKEN itself: ask with 0.
+        assert_eq!(current_reply(Value::Nil, MAX_TOKEN).unwrap(), None);
+        assert_eq!(
+            current_reply(state(Some("z"), MAX_TOKEN as i64), 0).unwrap(),
+            Some(leader("z", MAX_TOKEN))
+        );
+        assert_eq!(current_reply(Value::Nil, 0).unwrap(), Some(None));
+        assert!(current_reply(Value::Int(7), MAX_TOKEN).is_err());
     }
 
     #[test]
@@ -344,7 +360,7 @@ mod tests {
             [
                 "RESERVE.OBSERVE",
                 "reservation-e",
-                &NEVER_A_TOKEN.to_string(),
+                &MAX_TOKEN.to_string(),
                 "30.000"
             ]
         );

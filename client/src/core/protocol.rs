@@ -109,9 +109,11 @@ pub(crate) fn wait(
     cmd
 }
 
-/// A token OBSERVE can never find on a key (tokens stay below 2^53), so
-/// an OBSERVE with it answers the key's state at once.
-pub(crate) const NEVER_A_TOKEN: u64 = i64::MAX as u64;
+/// The largest token OBSERVE takes (2^53 - 1). Tokens come from the clock
+/// (`unix_seconds << 20`) and reach it around the year 2240, so an OBSERVE
+/// with it answers a key's state at once; the callers still handle the
+/// key that has it.
+pub(crate) const MAX_TOKEN: u64 = (1 << 53) - 1;
 
 /// `RESERVE.OBSERVE key token timeout` (`0`: no timeout): answers the
 /// key's current `[holder, token]` once its token differs from `token`,
@@ -131,14 +133,15 @@ pub struct Leader {
     /// The holder identity (`<by>-<hostname>-<pid>-<random>` for holders
     /// of this crate).
     pub holder: String,
-    /// The grant's fencing token (>= 1).
+    /// The grant's fencing token (>= 1; 0 for an old library's
+    /// plain-string reservation, which has none).
     pub token: u64,
 }
 
 /// OBSERVE's answer: `None` when it timed out (nothing changed),
 /// `Some(None)` when the key holds no grant (`[nil, 0]`), `Some(Some(_))`
-/// for the key's current grant. Anything else is a `TypeError`, never a
-/// panic.
+/// for the key's current grant (`[holder, 0]` for an old library's
+/// plain-string lock). Anything else is a `TypeError`, never a panic.
 pub(crate) fn observe_reply(value: Value) -> redis::RedisResult<Option<Option<Leader>>> {
     let unexpected = |v: &Value| {
         Err(redis::RedisError::from((
@@ -163,7 +166,7 @@ pub(crate) fn observe_reply(value: Value) -> redis::RedisResult<Option<Option<Le
         _ => return unexpected(&Value::Array(items)),
     };
     match (holder, token) {
-        (_, 0) => Ok(Some(None)),
+        (None, 0) => Ok(Some(None)),
         (Some(holder), token) => Ok(Some(Some(Leader { holder, token }))),
         (None, _) => unexpected(&Value::Array(items)),
     }
@@ -409,12 +412,8 @@ mod tests {
             ["RESERVE.OBSERVE", "k", "0", "0"]
         );
         assert_eq!(
-            args(&observe(
-                "k",
-                NEVER_A_TOKEN,
-                Some(Duration::from_millis(250))
-            )),
-            ["RESERVE.OBSERVE", "k", "9223372036854775807", "0.250"]
+            args(&observe("k", MAX_TOKEN, Some(Duration::from_millis(250)))),
+            ["RESERVE.OBSERVE", "k", "9007199254740991", "0.250"]
         );
         assert_eq!(
             args(&wait(
@@ -463,6 +462,14 @@ mod tests {
         let pair = |h: Value, t: i64| Value::Array(vec![h, Value::Int(t)]);
         assert_eq!(observe_reply(Value::Nil), Ok(None));
         assert_eq!(observe_reply(pair(Value::Nil, 0)), Ok(Some(None)));
+        assert_eq!(
+            observe_reply(pair(bulk("legacy"), 0)),
+            Ok(Some(Some(Leader {
+                holder: "legacy".into(),
+                token: 0
+            }))),
+            "an old library's lock"
+        );
         assert_eq!(
             observe_reply(pair(bulk("h"), 7)),
             Ok(Some(Some(Leader {

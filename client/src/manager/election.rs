@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::conn::Conn;
 use crate::core::lost::LostReservation;
 use crate::core::observe::{self, Feed};
-use crate::core::protocol::Leader;
+use crate::core::protocol::{Leader, MAX_TOKEN};
 use crate::error::Error;
 
 use super::{Inner, Reservation, ReservationManager};
@@ -45,9 +45,16 @@ impl ReservationManager {
     /// campaigned, the leader resigned, or its lock-delay runs). One
     /// `RESERVE.OBSERVE` on the shared connection.
     pub fn leader(&self, name: &str) -> Result<Option<Leader>, Error> {
-        let cmd = observe::current_cmd(&self.key_for(name));
+        let key = self.key_for(name);
+        let cmd = observe::current_cmd(&key, MAX_TOKEN);
         let value: redis::Value = self.inner.with_conn(true, |c| c.query(&cmd))?;
-        observe::current_reply(value)
+        if let Some(now) = observe::current_reply(value, MAX_TOKEN)? {
+            return Ok(now);
+        }
+        // The key's token is MAX_TOKEN itself: token 0 always differs.
+        let cmd = observe::current_cmd(&key, 0);
+        let value: redis::Value = self.inner.with_conn(true, |c| c.query(&cmd))?;
+        Ok(observe::current_reply(value, 0)?.flatten())
     }
 
     /// Every change of `name`'s leader, as it happens: first the current
