@@ -23,7 +23,16 @@
 //!   release never frees someone else's reservation ([`Error::Lost`]);
 //! - a lost reservation is reported ([`Reservation::is_lost`],
 //!   [`Reservation::lost_receiver`], the
-//!   [`on_lost`](ReservationManagerBuilder::on_lost) callback, a log line);
+//!   [`on_lost`](ReservationManagerBuilder::on_lost) callback, a log line),
+//!   an exclusive one within a round trip of its key changing hands or
+//!   disappearing (a lost watcher on `RESERVE.OBSERVE`), not only at the
+//!   next heartbeat;
+//! - leader election: [`ReservationManager::campaign`] (a [`Leadership`]
+//!   to [`resign`](Leadership::resign)), [`ReservationManager::leader`] and
+//!   [`ReservationManager::leader_changes`], an iterator of every change of
+//!   leader that misses none, across reconnects too; with an optional
+//!   [`lock_delay`](ReservationManagerBuilder::lock_delay) that keeps a dead
+//!   leader's key from everyone a while longer;
 //! - each reservation has its own holder identity
 //!   `<by>-<hostname>-<pid>-<random>`;
 //! - dropping a reservation releases it;
