@@ -792,5 +792,8 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<super::AsyncReservationManager>();
         send_sync::<super::AsyncReservation>();
+        send_sync::<super::AsyncLeadership>();
+        fn send<T: Send>() {}
+        send::<super::AsyncLeaderChanges>();
     }
 }

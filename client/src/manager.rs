@@ -829,6 +829,9 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<ReservationManager>();
         send_sync::<Reservation>();
+        send_sync::<election::Leadership>();
+        fn send<T: Send>() {}
+        send::<election::LeaderChanges>();
         send_sync::<Error>();
     }
 }

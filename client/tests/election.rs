@@ -227,7 +227,7 @@ fn a_feed_on_a_key_of_another_type_ends_with_the_error() {
 }
 
 #[test]
-fn the_lost_signal_fires_at_once_on_del_and_on_takeover() {
+fn the_lost_signal_fires_at_once_on_del_takeover_and_overwrite() {
     let server = Server::start();
     let mut c = server.conn();
     let m = manager(&server, "w");
@@ -265,11 +265,21 @@ fn the_lost_signal_fires_at_once_on_del_and_on_takeover() {
     drop(r);
     assert_eq!(m.leader("job").unwrap().unwrap().holder, "intruder");
 
-    // A reservation released normally is never reported lost.
-    let _: i64 = redis::cmd("DEL")
+    // Overwritten by another type of value in one step.
+    assert_eq!(cmd_int(&mut c, &["DEL", "reservation-job"]), 1);
+    let r = m.lock("job").unwrap().expect("free");
+    let lost = r.lost_receiver();
+    assert_eq!(cmd_int(&mut c, &["HSET", "a-hash", "f", "v"]), 1);
+    let _: () = redis::cmd("RENAME")
+        .arg("a-hash")
         .arg("reservation-job")
         .query(&mut c)
         .unwrap();
+    assert_eq!(lost.recv_timeout(SOON).unwrap().reason, LostReason::NotHeld);
+    drop(r);
+
+    // A reservation released normally is never reported lost.
+    assert_eq!(cmd_int(&mut c, &["DEL", "reservation-job"]), 1);
     let r = m.lock("job").unwrap().expect("free");
     let lost = r.lost_receiver();
     r.release().unwrap();

@@ -258,9 +258,11 @@ impl LostWatch {
 
     /// A connect (`ran_for` `None`) or an OBSERVE failed. Connection
     /// trouble is retried with backoff for as long as the reservation is
-    /// held (the heartbeat decides when it is lost for want of renewals);
-    /// a permanent error (a module without OBSERVE, NOPERM) stops the
-    /// watcher and leaves the heartbeat in charge.
+    /// held (the heartbeat decides when it is lost for want of renewals).
+    /// WRONGTYPE means the key was replaced by another type of value: the
+    /// reservation is lost. Another permanent error (a module without
+    /// OBSERVE, NOPERM) stops the watcher and leaves the heartbeat in
+    /// charge.
     pub(crate) fn failed(
         &mut self,
         settings: &Settings,
@@ -272,6 +274,16 @@ impl LostWatch {
             return Watching::Stop;
         }
         let key = &grant.key;
+        if err.code() == Some("WRONGTYPE") {
+            // OBSERVE with our own token on a key that now holds another
+            // type of value: our reservation is gone.
+            settings.log(
+                Level::Debug,
+                &format!("{key} now holds another type of value"),
+            );
+            grant.mark_lost(settings, LostReason::NotHeld);
+            return Watching::Stop;
+        }
         if !is_transient(&err) {
             let level = match Error::from_redis(err) {
                 Error::ModuleNotLoaded => Level::Debug,
@@ -486,6 +498,21 @@ mod tests {
         assert_eq!(w.failed(&s, &g, unknown, None), Watching::Stop);
         assert_eq!(w.reply(&s, &g, Value::Int(1)), Watching::Stop);
         assert!(!g.is_lost());
+    }
+
+    #[test]
+    fn a_key_of_another_type_is_a_loss() {
+        let s = Settings::for_tests(Arc::default());
+        let g = held(&s);
+        let mut w = LostWatch::for_grant(&g).unwrap();
+        let wrongtype = redis::parse_redis_value(
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        )
+        .and_then(Value::extract_error)
+        .unwrap_err();
+        assert_eq!(wrongtype.code(), Some("WRONGTYPE"));
+        assert_eq!(w.failed(&s, &g, wrongtype, None), Watching::Stop);
+        assert!(g.is_lost());
     }
 
     #[test]
