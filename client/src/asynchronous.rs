@@ -6,10 +6,11 @@
 //! from `core`, as for the blocking API.
 //!
 //! The heartbeat and the lost watcher are tokio tasks. Dropping an
-//! [`AsyncReservation`] aborts them and spawns a best-effort release onto the current runtime (nothing
-//! blocks inside `Drop`); outside a runtime the reservation is left to
-//! expire after its TTL, with a log line. Prefer
-//! [`AsyncReservation::release`].
+//! [`AsyncReservation`] aborts them and spawns a best-effort release onto
+//! the current runtime (nothing blocks inside `Drop`); outside a runtime
+//! the reservation is left to expire after its TTL, with a log line.
+//! Prefer [`AsyncReservation::release`]. Leader election on top of it
+//! lives in `asynchronous/election.rs`.
 //!
 //! ```no_run
 //! # async fn job() -> Result<(), redis_reservation_client::Error> {
