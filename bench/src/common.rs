@@ -31,6 +31,16 @@ pub struct Sizes {
     pub fair_acquisitions: u64,
     /// Section 5: reservations held.
     pub memory_keys: u64,
+    /// Section 6: rounds of the notice-latency runs, and cycles (release,
+    /// lock, handoff) per mechanism per round.
+    pub observe_rounds: usize,
+    pub notice_trials: usize,
+    /// Rounds of the reconnect test, and leader changes while away.
+    pub reconnect_rounds: usize,
+    pub reconnect_changes: usize,
+    /// Watchers on one key, and rounds per size.
+    pub observers: Vec<usize>,
+    pub crowd_rounds: usize,
 }
 
 impl Sizes {
@@ -51,6 +61,12 @@ impl Sizes {
             other_keys: 10_000,
             fair_acquisitions: 200,
             memory_keys: 100_000,
+            observe_rounds: 2,
+            notice_trials: 40,
+            reconnect_rounds: 2,
+            reconnect_changes: 5,
+            observers: vec![1_000, 5_000],
+            crowd_rounds: 2,
         }
     }
 
@@ -71,6 +87,12 @@ impl Sizes {
             other_keys: 10_000,
             fair_acquisitions: 500,
             memory_keys: 1_000_000,
+            observe_rounds: 5,
+            notice_trials: 200,
+            reconnect_rounds: 5,
+            reconnect_changes: 5,
+            observers: vec![1_000, 5_000, 10_000],
+            crowd_rounds: 5,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! a chart of the handoff latencies, to `bench/results/`.
 //!
 //! Sections: 1 throughput, 2 handoff latency, 3 expiry-to-grant latency,
-//! 4 fairness, 5 memory. See bench/README.md.
+//! 4 fairness, 5 memory, 6 following a leader (RESERVE.OBSERVE against
+//! keyspace notifications). See bench/README.md.
 
 mod chart;
 mod common;
@@ -14,6 +15,8 @@ mod handoff;
 mod loadgen;
 mod machine;
 mod memory;
+mod observe;
+mod pool;
 mod resp;
 mod stats;
 mod throughput;
@@ -25,11 +28,12 @@ use common::Sizes;
 use stats::{fmt_us, percentile};
 
 const USAGE: &str = "\
-usage: cargo run --release -p bench -- [--quick] [--only 1,2,3,4,5] [--out DIR]
+usage: cargo run --release -p bench -- [--quick] [--only 1,2,3,4,5,6] [--out DIR]
 
   --quick     CI-sized run (under 2 minutes): fewer rounds, trials and keys
   --only L    run only these sections (1 throughput, 2 handoff, 3 expiry,
-              4 fairness, 5 memory); the report goes to bench/results/tmp/
+              4 fairness, 5 memory, 6 observe: following a leader); the
+              report goes to bench/results/tmp/
   --queued N  idle waiters queued behind the measured one in section 2
               (default 5000; the server allows 10,000 clients)
   --out DIR   write REPORT.md and handoff-latency.png there
@@ -46,7 +50,7 @@ struct Opts {
 fn parse_args() -> Opts {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut quick = false;
-    let mut only: Vec<u8> = vec![1, 2, 3, 4, 5];
+    let mut only: Vec<u8> = vec![1, 2, 3, 4, 5, 6];
     let mut partial = false;
     let mut out = None;
     let mut queued = None;
@@ -60,7 +64,7 @@ fn parse_args() -> Opts {
                 only = list
                     .split(',')
                     .map(|s| match s.trim().parse::<u8>() {
-                        Ok(n @ 1..=5) => n,
+                        Ok(n @ 1..=6) => n,
                         _ => die(&format!("--only: no section {s:?}")),
                     })
                     .collect();
@@ -361,6 +365,18 @@ fn main() {
                 met: ratio <= 1.15,
             });
         }
+    }
+
+    if opts.only.contains(&6) {
+        log("section 6: following a leader (OBSERVE, keyspace notifications)");
+        let load = Load::start();
+        let res = observe::run(&sizes, &mut |m| log(m));
+        note_load("6 observe", &load, &mut load_lines);
+        sections.push((
+            6,
+            "Following a leader: RESERVE.OBSERVE and keyspace notifications".into(),
+            observe::report(&res, &sizes),
+        ));
     }
 
     let (_, other_total, avg_start, avg_end) = run_load.finish();

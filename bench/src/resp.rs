@@ -1,4 +1,5 @@
-//! A minimal RESP2 client for the measured paths.
+//! A minimal RESP2 client for the measured paths (it also parses the RESP3
+//! replies section 6's watchers get after `HELLO 3`).
 //!
 //! The `redis` crate sets servers up and reads INFO; the latencies are taken
 //! on [`RawConn`], which writes a request with one `write` and reads replies
@@ -142,11 +143,32 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
                 used + n + 2,
             )))
         }
-        b'*' => {
+        // RESP3 (after `HELLO 3`): null, boolean, double, big number.
+        b'_' => Ok(Some((Reply::Bulk(None), used))),
+        b'#' => Ok(Some((Reply::Int(i64::from(head == b"t")), used))),
+        b',' | b'(' => Ok(Some((Reply::Bulk(Some(head.to_vec())), used))),
+        // Verbatim string and blob error: sized like a bulk string.
+        b'=' | b'!' => {
+            let n = usize::try_from(parse_int(head)?).map_err(|_| "negative length")?;
+            if buf.len() < used + n + 2 {
+                return Ok(None);
+            }
+            let body = buf[used..used + n].to_vec();
+            let reply = if tag == b'!' {
+                Reply::Error(String::from_utf8_lossy(&body).into_owned())
+            } else {
+                Reply::Bulk(Some(body))
+            };
+            Ok(Some((reply, used + n + 2)))
+        }
+        // Array, and RESP3's push (pub/sub messages), set and map (its
+        // keys and values flattened, as RESP2 sends them).
+        b'*' | b'>' | b'~' | b'%' => {
             let n = parse_int(head)?;
             if n < 0 {
                 return Ok(Some((Reply::Array(None), used)));
             }
+            let n = if tag == b'%' { n * 2 } else { n };
             let mut items = Vec::with_capacity(n as usize);
             let mut at = used;
             for _ in 0..n {
@@ -348,6 +370,30 @@ mod tests {
                 Reply::Array(None),
             ]
         );
+    }
+
+    #[test]
+    fn parses_resp3_replies() {
+        let buf = b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n%1\r\n+a\r\n_\r\n#t\r\n,1.5\r\n=7\r\ntxt:abc\r\n";
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((r, used)) = parse(&buf[at..]).unwrap() {
+            got.push(r);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(
+            got[0].strings(),
+            vec![b"message".to_vec(), b"c".to_vec(), b"x".to_vec()]
+        );
+        assert_eq!(
+            got[1],
+            Reply::Array(Some(vec![Reply::Simple("a".into()), Reply::Bulk(None)]))
+        );
+        assert_eq!(got[2], Reply::Int(1));
+        assert_eq!(got[3], Reply::Bulk(Some(b"1.5".to_vec())));
+        assert_eq!(got[4], Reply::Bulk(Some(b"txt:abc".to_vec())));
+        assert_eq!(parse(b"%1\r\n+a\r\n").unwrap(), None);
     }
 
     #[test]

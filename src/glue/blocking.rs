@@ -728,8 +728,10 @@ extern "C" fn waiter_timed_out(ctx: Ctx, data: *mut c_void) {
 
 // ----- expiry timers -----
 
-/// Keeps exactly one timer per queued key, armed just after the key's
-/// expiry (Redis treats a key as expired once now > expire).
+/// Keeps exactly one timer per queued key, armed at the key's expiry: the
+/// module ends a reservation at that very instant and hands it over
+/// (`check_key`), a millisecond before Redis would expire the key (once now
+/// > expire).
 pub fn sync_expiry_timer(
     ctx: Ctx,
     st: &mut ModuleState,
@@ -740,7 +742,7 @@ pub fn sync_expiry_timer(
     let Some(meta) = st.waiters.meta_mut(qk) else {
         return;
     };
-    let fire_at = expire.map(|e| e.saturating_add(1));
+    let fire_at = expire;
     if meta.expiry_timer.map(|(_, at)| at) == fire_at {
         return;
     }
@@ -749,25 +751,10 @@ pub fn sync_expiry_timer(
     }
     if let Some(at) = fire_at {
         let data = Box::into_raw(Box::new(qk.clone()));
-        let delay = expiry_timer_delay(at, now, ffi::now_us());
+        let delay = ffi::timer_delay(at, now, ffi::now_us());
         let id = create_timer(ctx, delay, expiry_timer_fired, data.cast());
         meta.expiry_timer = Some((id, at));
     }
-}
-
-/// Milliseconds until `fire_at_ms`, rounded down from the microsecond
-/// clock: the timer fires at most a millisecond early rather than up to a
-/// millisecond late, and a timer that finds the key not yet expired re-arms
-/// with 0 until Redis's clock passes the expiry. `now_ms` is the clock the
-/// key's expiry was compared with; `now_us` the same clock in µs when
-/// available (0 otherwise).
-fn expiry_timer_delay(fire_at_ms: i64, now_ms: i64, now_us: i64) -> i64 {
-    let delay = if now_us > 0 {
-        (fire_at_ms.saturating_mul(1000) - now_us) / 1000
-    } else {
-        fire_at_ms.saturating_sub(now_ms)
-    };
-    delay.max(0)
 }
 
 fn cancel_expiry_timer(ctx: Ctx, meta: QueueMeta) {
@@ -878,6 +865,9 @@ pub fn check_key(ctx: Ctx, qk: &QueueKey) {
             // Cluster being reconfigured: keep waiting for the next event.
             Route::Unknown => {}
         },
+        KeyKind::Reservation(_) if key.abs_expire().is_some_and(|e| now >= e) => {
+            end_at_expiry(ctx, &mut st, &key, qk, now);
+        }
         KeyKind::Reservation(_) | KeyKind::LegacyString => {
             sync_expiry_timer(ctx, &mut st, qk, key.abs_expire(), now);
         }
@@ -887,6 +877,24 @@ pub fn check_key(ctx: Ctx, qk: &QueueKey) {
                 .wrongtype_waiters
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+}
+
+/// A mutex with waiters whose time is up (its grant's end, or its
+/// lock-delay's): ended here, at its expiry instant, and handed to the
+/// oldest waiter in the same step, rather than a millisecond later when
+/// Redis would expire the key. Propagated as the new grant (or a DEL), so
+/// the key outlives its grant on no replica and in no AOF.
+fn end_at_expiry(ctx: Ctx, st: &mut ModuleState, key: &OpenKey, qk: &QueueKey, now: i64) {
+    let delayed = matches!(granting::value_of(key), Some(ValueRef::Mutex(r)) if r.delay_ms() > 0);
+    key.delete();
+    bump(&STATS.expirations);
+    if delayed {
+        bump(&STATS.lock_delays);
+    }
+    notify_bytes(ctx, Event::Expire, &qk.key);
+    if admit_waiters(ctx, st, key, qk, now) == 0 {
+        ffi::replicate(ctx, c"DEL", &[&qk.key]);
     }
 }
 
@@ -905,7 +913,7 @@ pub fn sync_set_timer(ctx: Ctx, st: &mut ModuleState, qk: &QueueKey, settled: &S
     }
     if let Some(at) = fire_at {
         let data = Box::into_raw(Box::new(qk.clone()));
-        let delay = expiry_timer_delay(at, now, ffi::now_us());
+        let delay = ffi::timer_delay(at, now, ffi::now_us());
         let id = create_timer(ctx, delay, set_timer_fired, data.cast());
         st.set_timers.insert(qk.clone(), (id, at));
     }

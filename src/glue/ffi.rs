@@ -190,6 +190,24 @@ pub fn create_timer(ctx: Ctx, period_ms: i64, cb: TimerCallback, data: *mut c_vo
     unsafe { rm!(RedisModule_CreateTimer)(ctx, period_ms, Some(cb), data) }
 }
 
+/// What to ask a module timer for so that it fires at `fire_at_ms` or
+/// just before: the milliseconds until then from the microsecond clock,
+/// rounded down, less one, because Redis's event loop rounds its sleep up
+/// to whole milliseconds (`epoll_wait`) and would wake up to one late. A
+/// timer that finds its instant not yet come re-arms with 0, which fires
+/// on the next turn of the event loop: so the work happens within a turn
+/// of the instant, at the cost of spinning for under two milliseconds.
+/// `now_ms` is the clock the instant was compared with; `now_us` the same
+/// clock in µs when available (0 otherwise).
+pub fn timer_delay(fire_at_ms: i64, now_ms: i64, now_us: i64) -> i64 {
+    let delay = if now_us > 0 {
+        (fire_at_ms.saturating_mul(1000) - now_us) / 1000
+    } else {
+        fire_at_ms.saturating_sub(now_ms)
+    };
+    (delay - 1).max(0)
+}
+
 /// Stops a timer and returns its data pointer when it was still pending.
 pub fn stop_timer(ctx: Ctx, id: u64) -> Option<*mut c_void> {
     let mut data: *mut c_void = ptr::null_mut();

@@ -394,7 +394,8 @@ fn sync_change_timer(ctx: Ctx, obs: &mut Observers, qk: &QueueKey, at: Option<i6
     }
     if let Some(at) = at {
         let data = Box::into_raw(Box::new(qk.clone()));
-        let id = create_timer(ctx, at.saturating_sub(now).max(0), change_due, data.cast());
+        let delay = ffi::timer_delay(at, now, ffi::now_us());
+        let id = create_timer(ctx, delay, change_due, data.cast());
         meta.change_timer = Some((id, at));
     }
 }
