@@ -5,11 +5,12 @@
 //! task, timeouts and sleeps); what to send and what answers mean come
 //! from `core`, as for the blocking API.
 //!
-//! The heartbeat is a tokio task. Dropping an [`AsyncReservation`] aborts
-//! it and spawns a best-effort release onto the current runtime (nothing
-//! blocks inside `Drop`); outside a runtime the reservation is left to
-//! expire after its TTL, with a log line. Prefer
-//! [`AsyncReservation::release`].
+//! The heartbeat and the lost watcher are tokio tasks. Dropping an
+//! [`AsyncReservation`] aborts them and spawns a best-effort release onto
+//! the current runtime (nothing blocks inside `Drop`); outside a runtime
+//! the reservation is left to expire after its TTL, with a log line.
+//! Prefer [`AsyncReservation::release`]. Leader election on top of it
+//! lives in `asynchronous/election.rs`.
 //!
 //! ```no_run
 //! # async fn job() -> Result<(), redis_reservation_client::Error> {
@@ -38,10 +39,15 @@ use crate::conn::Target;
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
 use crate::core::lost::LostReservation;
+use crate::core::observe::{LostWatch, Watching};
 use crate::core::protocol::{self, Access, ReservationInfo, WAIT_SLACK};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
 use crate::error::{is_connection_error, Error};
+
+pub(crate) mod election;
+
+pub use election::{AsyncLeaderChanges, AsyncLeadership};
 
 /// An async connection to the server (or cluster).
 #[derive(Clone)]
@@ -529,6 +535,8 @@ impl Inner {
 pub struct AsyncReservation {
     state: Arc<State>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The lost watcher task (exclusive reservations of one key).
+    watcher: Option<tokio::task::JoinHandle<()>>,
     finished: bool,
 }
 
@@ -574,9 +582,12 @@ impl AsyncReservation {
         let grant = claim.granted(&inner.settings, tokens);
         let state = Arc::new(State { inner, grant });
         let heartbeat = tokio::spawn(heartbeat(state.clone(), granted_at));
+        let watcher =
+            LostWatch::for_grant(&state.grant).map(|w| tokio::spawn(watch_lost(state.clone(), w)));
         AsyncReservation {
             state,
             heartbeat: Some(heartbeat),
+            watcher,
             finished: false,
         }
     }
@@ -667,6 +678,11 @@ impl AsyncReservation {
     /// is released then).
     pub async fn release(mut self) -> Result<(), Error> {
         self.finished = true;
+        self.state.grant.begin_release();
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+            let _ = watcher.await;
+        }
         if let Some(hb) = self.heartbeat.take() {
             hb.abort();
             let _ = hb.await;
@@ -679,6 +695,10 @@ impl AsyncReservation {
 
 impl Drop for AsyncReservation {
     fn drop(&mut self) {
+        self.state.grant.begin_release();
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
         if let Some(hb) = self.heartbeat.take() {
             hb.abort();
         }
@@ -704,15 +724,64 @@ impl Drop for AsyncReservation {
     }
 }
 
-/// The heartbeat task: renews on the core's schedule until aborted or lost.
+/// The heartbeat task: renews on the core's schedule until aborted or lost
+/// (found by itself or by the lost watcher).
 async fn heartbeat(state: Arc<State>, granted_at: Instant) {
     let s = &state.inner.settings;
     let mut schedule = Schedule::new(s, granted_at);
     loop {
         tokio::time::sleep_until(schedule.next()).await;
+        if state.grant.is_lost() {
+            return;
+        }
         let outcome = state.renew().await;
         if !schedule.observe(s, &state.grant, outcome, Instant::now()) {
             return;
+        }
+    }
+}
+
+/// The lost watcher task: `RESERVE.OBSERVE key token` on a connection of
+/// its own, again and again, until the reservation is lost (it marks it so
+/// the moment the key changes) or released (the task is aborted).
+async fn watch_lost(state: Arc<State>, mut watch: LostWatch) {
+    let s = &state.inner.settings;
+    let grant = &state.grant;
+    let mut conn: Option<AsyncConn> = None;
+    while !LostWatch::done(grant) {
+        let attempt = watch.attempt(s, grant);
+        let next = match conn.as_mut() {
+            Some(c) => {
+                let sent = Instant::now();
+                let reply =
+                    within(attempt.read_timeout, c.query::<redis::Value>(&attempt.cmd)).await;
+                match reply {
+                    Ok(value) => watch.reply(s, grant, value),
+                    Err(e) => {
+                        conn = None;
+                        watch.failed(s, grant, e, Some(sent.elapsed()))
+                    }
+                }
+            }
+            None => {
+                let connected = within(
+                    Some(attempt.connect_timeout),
+                    AsyncConn::connect(&state.inner.target, attempt.connect_timeout),
+                )
+                .await;
+                match connected {
+                    Ok(c) => {
+                        conn = Some(c);
+                        Watching::Again
+                    }
+                    Err(e) => watch.failed(s, grant, e, None),
+                }
+            }
+        };
+        match next {
+            Watching::Again => {}
+            Watching::Pause(pause) => tokio::time::sleep(pause).await,
+            Watching::Stop => return,
         }
     }
 }
@@ -724,5 +793,8 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<super::AsyncReservationManager>();
         send_sync::<super::AsyncReservation>();
+        send_sync::<super::AsyncLeadership>();
+        fn send<T: Send>() {}
+        send::<super::AsyncLeaderChanges>();
     }
 }

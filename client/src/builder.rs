@@ -11,6 +11,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionI
 use crate::conn::Target;
 use crate::core::logger::Logger;
 use crate::core::lost::{LostFn, LostReservation};
+use crate::core::protocol::MAX_LOCK_DELAY;
 use crate::core::settings::{Settings, DEFAULT_KEY_PREFIX, DEFAULT_LOCK_TTL, DEFAULT_URL};
 use crate::error::Error;
 
@@ -41,6 +42,7 @@ pub struct ReservationManagerBuilder {
     #[cfg(feature = "cluster")]
     cluster_nodes: Option<Vec<String>>,
     lock_ttl: Duration,
+    lock_delay: Option<Duration>,
     heartbeat_interval: Option<Duration>,
     key_prefix: String,
     logger: Logger,
@@ -59,6 +61,7 @@ impl std::fmt::Debug for ReservationManagerBuilder {
             .field("url", &self.url)
             .field("host_port", &self.host_port)
             .field("lock_ttl", &self.lock_ttl)
+            .field("lock_delay", &self.lock_delay)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("key_prefix", &self.key_prefix)
             .field("replica_ack", &self.replica_ack)
@@ -77,6 +80,7 @@ impl ReservationManagerBuilder {
             #[cfg(feature = "cluster")]
             cluster_nodes: None,
             lock_ttl: DEFAULT_LOCK_TTL,
+            lock_delay: None,
             heartbeat_interval: None,
             key_prefix: DEFAULT_KEY_PREFIX.to_string(),
             logger: Logger::Log,
@@ -135,6 +139,20 @@ impl ReservationManagerBuilder {
     /// resolution; at least 1 ms.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
+        self
+    }
+
+    /// Lock-delay (`DELAY ms` on every `RESERVE.LOCK` and `RESERVE.WAIT`
+    /// this manager sends: `lock*`, `wait*`, `campaign*`): when one of its
+    /// grants ends because its TTL ran out (its holder presumed dead, or
+    /// only paused), the server grants the key to no one for `delay`, so
+    /// work still in flight from the old holder can drain before the next
+    /// one starts. A release or `DEL` ends a grant with no delay.
+    /// Millisecond resolution, at most one hour. Unset (the default): the
+    /// server's `reservation.lock-delay` applies (0 unless configured).
+    /// `lock_all`/`wait_all` do not take it.
+    pub fn lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = Some(delay);
         self
     }
 
@@ -230,6 +248,9 @@ impl ReservationManagerBuilder {
                 return invalid("replica_ack timeout must be at least 1 ms");
             }
         }
+        if self.lock_delay.is_some_and(|d| d > MAX_LOCK_DELAY) {
+            return invalid("lock_delay must be at most one hour");
+        }
         if self.connect_timeout.is_zero() {
             return invalid("connect_timeout must be greater than 0");
         }
@@ -243,6 +264,7 @@ impl ReservationManagerBuilder {
         let settings = Settings {
             by: self.by,
             lock_ttl: self.lock_ttl,
+            lock_delay: self.lock_delay,
             heartbeat_interval,
             key_prefix: self.key_prefix,
             logger: self.logger,

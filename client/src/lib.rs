@@ -23,7 +23,16 @@
 //!   release never frees someone else's reservation ([`Error::Lost`]);
 //! - a lost reservation is reported ([`Reservation::is_lost`],
 //!   [`Reservation::lost_receiver`], the
-//!   [`on_lost`](ReservationManagerBuilder::on_lost) callback, a log line);
+//!   [`on_lost`](ReservationManagerBuilder::on_lost) callback, a log line),
+//!   an exclusive one within a round trip of its key changing hands or
+//!   disappearing (a lost watcher on `RESERVE.OBSERVE`), not only at the
+//!   next heartbeat;
+//! - leader election: [`ReservationManager::campaign`] (a [`Leadership`]
+//!   to [`resign`](Leadership::resign)), [`ReservationManager::leader`] and
+//!   [`ReservationManager::leader_changes`], an iterator of every change of
+//!   leader that misses none, across reconnects too; with an optional
+//!   [`lock_delay`](ReservationManagerBuilder::lock_delay) that keeps a dead
+//!   leader's key from everyone a while longer;
 //! - each reservation has its own holder identity
 //!   `<by>-<hostname>-<pid>-<random>`;
 //! - dropping a reservation releases it;
@@ -73,11 +82,14 @@ pub mod asynchronous;
 pub use crate::builder::ReservationManagerBuilder;
 pub use crate::core::logger::LOG_TARGET;
 pub use crate::core::lost::{LostReason, LostReservation};
-pub use crate::core::protocol::{Access, ReservationInfo};
+pub use crate::core::protocol::{Access, Leader, ReservationInfo};
 pub use crate::core::settings::{DEFAULT_KEY_PREFIX, DEFAULT_LOCK_TTL, DEFAULT_URL};
 pub use error::Error;
 pub use log::Level;
+pub use manager::election::{LeaderChanges, Leadership};
 pub use manager::{Reservation, ReservationManager};
 
 #[cfg(feature = "tokio")]
-pub use asynchronous::{AsyncReservation, AsyncReservationManager};
+pub use asynchronous::{
+    AsyncLeaderChanges, AsyncLeadership, AsyncReservation, AsyncReservationManager,
+};

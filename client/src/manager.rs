@@ -1,8 +1,9 @@
 //! The blocking API: [`ReservationManager`] and [`Reservation`], and
 //! `ReservationManagerBuilder::build`. This file owns the blocking I/O
 //! (the shared connection, the wait's own connection, the heartbeat
-//! thread and its sleeps); what to send and what answers mean come from
-//! `core`.
+//! thread, the lost watcher thread and their sleeps); what to send and
+//! what answers mean come from `core`. Leader election on top of it lives
+//! in `manager/election.rs`.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -17,10 +18,13 @@ use crate::conn::{Conn, Target};
 use crate::core::grant::{replica_verdict, Claim, Grant};
 use crate::core::heartbeat::Schedule;
 use crate::core::lost::LostReservation;
+use crate::core::observe::{LostWatch, Watching};
 use crate::core::protocol::{self, Access, ReservationInfo};
 use crate::core::settings::Settings;
 use crate::core::wait::Wait;
 use crate::error::{is_connection_error, Error};
+
+pub(crate) mod election;
 
 /// Takes reservations (locks that expire) for one worker.
 ///
@@ -477,7 +481,39 @@ impl Inner {
 pub struct Reservation {
     state: Arc<State>,
     heartbeat: Option<Heartbeat>,
+    /// Wakes the lost watcher thread from a backoff pause when the
+    /// reservation is released or dropped (the release itself ends its
+    /// OBSERVE). The thread is not joined: it ends on its own, within one
+    /// OBSERVE timeout at the most.
+    watcher: Option<Arc<Stop>>,
     finished: bool,
+}
+
+/// A stop flag a thread can sleep on.
+type Stop = (Mutex<bool>, Condvar);
+
+/// Sets `stop` and wakes whoever sleeps on it.
+fn signal(stop: &Stop) {
+    let (flag, cv) = stop;
+    *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    cv.notify_all();
+}
+
+/// Sleeps until `deadline` or until `stop` is set; true when stopped.
+fn sleep_unless_stopped(stop: &Stop, deadline: Instant) -> bool {
+    let (flag, cv) = stop;
+    let mut stopped = flag.lock().unwrap_or_else(PoisonError::into_inner);
+    while !*stopped {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        stopped = cv
+            .wait_timeout(stopped, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    *stopped
 }
 
 struct State {
@@ -507,7 +543,7 @@ impl State {
 }
 
 struct Heartbeat {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<Stop>,
     handle: JoinHandle<()>,
 }
 
@@ -543,9 +579,32 @@ impl Reservation {
                 None
             }
         };
+        let watcher = LostWatch::for_grant(&state.grant).and_then(|watch| {
+            let stop = Arc::new((Mutex::new(false), Condvar::new()));
+            let thread_state = state.clone();
+            let thread_stop = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rsrv-watch".into())
+                .spawn(move || watch_lost(&thread_state, watch, &thread_stop));
+            match spawned {
+                Ok(_) => Some(stop),
+                Err(e) => {
+                    // The heartbeat still finds a loss, only later.
+                    state.inner.settings.log(
+                        Level::Warn,
+                        &format!(
+                            "{}: could not start the lost watcher thread: {e}",
+                            state.grant.key
+                        ),
+                    );
+                    None
+                }
+            }
+        });
         Reservation {
             state,
             heartbeat,
+            watcher,
             finished: false,
         }
     }
@@ -626,10 +685,20 @@ impl Reservation {
     /// reported as [`Error::Lost`] too.
     pub fn release(mut self) -> Result<(), Error> {
         self.finished = true;
+        self.stop_watcher();
         self.stop_heartbeat();
         let st = &self.state;
         st.grant.ensure_held()?;
         st.grant.released(&st.inner.settings, st.release()?)
+    }
+
+    /// Tells the lost watcher that what happens to the key from now on is
+    /// our own doing (before any RELEASE is sent), and wakes it.
+    fn stop_watcher(&mut self) {
+        self.state.grant.begin_release();
+        if let Some(stop) = self.watcher.take() {
+            signal(&stop);
+        }
     }
 
     /// Signals the heartbeat and waits for it to finish (at most one
@@ -638,11 +707,7 @@ impl Reservation {
         let Some(hb) = self.heartbeat.take() else {
             return;
         };
-        {
-            let (flag, cv) = &*hb.stop;
-            *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
-            cv.notify_all();
-        }
+        signal(&hb.stop);
         if hb.handle.thread().id() != std::thread::current().id() {
             let _ = hb.handle.join();
         }
@@ -651,6 +716,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.stop_watcher();
         self.stop_heartbeat();
         let st = &self.state;
         if st.grant.release_on_drop(self.finished) {
@@ -660,32 +726,64 @@ impl Drop for Reservation {
 }
 
 /// The heartbeat thread: renews on the core's schedule until stopped or
-/// lost.
-fn heartbeat(state: &State, stop: &(Mutex<bool>, Condvar), granted_at: Instant) {
+/// lost (found by itself or by the lost watcher).
+fn heartbeat(state: &State, stop: &Stop, granted_at: Instant) {
     let s = &state.inner.settings;
     let mut schedule = Schedule::new(s, granted_at);
     loop {
-        {
-            let (flag, cv) = stop;
-            let mut stopped = flag.lock().unwrap_or_else(PoisonError::into_inner);
-            while !*stopped {
-                let now = Instant::now();
-                let next = schedule.next();
-                if now >= next {
-                    break;
-                }
-                stopped = cv
-                    .wait_timeout(stopped, next - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-            if *stopped {
-                return;
-            }
+        if sleep_unless_stopped(stop, schedule.next()) || state.grant.is_lost() {
+            return;
         }
         let outcome = state.renew();
         if !schedule.observe(s, &state.grant, outcome, Instant::now()) {
             return;
+        }
+    }
+}
+
+/// The lost watcher thread: `RESERVE.OBSERVE key token` on a connection
+/// of its own, again and again, until the reservation is lost (it marks it
+/// so the moment the key changes) or released.
+fn watch_lost(state: &State, mut watch: LostWatch, stop: &Stop) {
+    let s = &state.inner.settings;
+    let grant = &state.grant;
+    let mut conn: Option<Conn> = None;
+    while !LostWatch::done(grant) {
+        let attempt = watch.attempt(s, grant);
+        let next = match conn.as_mut() {
+            Some(c) => {
+                let sent = Instant::now();
+                match c.query::<redis::Value>(&attempt.cmd) {
+                    Ok(value) => watch.reply(s, grant, value),
+                    Err(e) => {
+                        conn = None;
+                        watch.failed(s, grant, e, Some(sent.elapsed()))
+                    }
+                }
+            }
+            None => {
+                let connected =
+                    state
+                        .inner
+                        .target
+                        .connect(attempt.connect_timeout, attempt.read_timeout, true);
+                match connected {
+                    Ok(c) => {
+                        conn = Some(c);
+                        Watching::Again
+                    }
+                    Err(e) => watch.failed(s, grant, e, None),
+                }
+            }
+        };
+        match next {
+            Watching::Again => {}
+            Watching::Pause(pause) => {
+                if sleep_unless_stopped(stop, Instant::now() + pause) {
+                    return;
+                }
+            }
+            Watching::Stop => return,
         }
     }
 }
@@ -711,6 +809,13 @@ mod tests {
             .url("redis://127.0.0.1:1/")
             .host_port("127.0.0.1", 1)));
         assert!(bad(ReservationManager::builder("w").url("nonsense://")));
+        assert!(bad(
+            ReservationManager::builder("w").lock_delay(Duration::from_secs(3601))
+        ));
+        assert!(ReservationManager::builder("w")
+            .lock_delay(Duration::from_secs(3600))
+            .build()
+            .is_ok());
         let m = ReservationManager::builder("w")
             .lock_ttl(Duration::from_secs(3))
             .build()
@@ -724,6 +829,9 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<ReservationManager>();
         send_sync::<Reservation>();
+        send_sync::<election::Leadership>();
+        fn send<T: Send>() {}
+        send::<election::LeaderChanges>();
         send_sync::<Error>();
     }
 }

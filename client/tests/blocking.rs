@@ -213,7 +213,8 @@ fn deleting_the_key_makes_the_heartbeat_report_it_lost() {
     // A receiver made after the fact hears about it right away.
     assert_eq!(r.lost_receiver().try_recv().unwrap(), expected);
     assert!(logs.has(Level::Warn, &["reservation-job", "lost", r.holder()]));
-    assert!(info_field(&mut c, "renew_failures") >= 1);
+    // The lost watcher (RESERVE.OBSERVE) or the heartbeat's RENEW found
+    // it, whichever came first.
     assert!(matches!(r.renew(), Err(Error::Lost)));
 
     // The heartbeat stopped: no renewal keeps being refused.
@@ -475,7 +476,9 @@ fn a_lost_reservation_never_frees_the_new_holders() {
         Some(fresh.holder())
     );
     assert_eq!(token_of(&mut c, "reservation-job"), Some(fresh.token()));
-    assert_eq!(info_field(&mut c, "release_failures"), 1);
+    // Its RELEASE was refused, or never sent: the lost watcher may have
+    // found the loss first.
+    assert!(info_field(&mut c, "release_failures") <= 1);
     fresh.release().unwrap();
 
     // Same through Drop.
@@ -505,7 +508,9 @@ fn the_shared_connection_comes_back_after_being_killed() {
         .arg("normal")
         .query(&mut c)
         .unwrap();
-    assert_eq!(killed, 1);
+    // The shared connection, and the lost watcher's when the server has
+    // RESERVE.OBSERVE.
+    assert!((1..=2).contains(&killed), "{killed}");
     r.renew().unwrap();
     r.release().unwrap();
     assert!(!exists(&mut c, "reservation-job"));

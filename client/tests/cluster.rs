@@ -103,6 +103,38 @@ fn wait_until_lock_through_the_cluster() {
     }
 }
 
+/// Elections on every node: OBSERVE routes by its key like the other
+/// commands, for `leader`, `leader_changes` and the lost watcher.
+#[test]
+fn elections_and_lost_signals_through_the_cluster() {
+    let cluster = Cluster::start(3);
+    let a = manager(&cluster, "cand-a");
+    let b = manager(&cluster, "cand-b");
+    for name in one_resource_per_node(&cluster, "reservation-") {
+        let mut changes = b.leader_changes(&name);
+        assert_eq!(changes.next().unwrap().unwrap(), None);
+        let leading = a.campaign(&name).unwrap();
+        let leader = b.leader(&name).unwrap().expect("a leads");
+        assert_eq!(leader.holder, leading.holder());
+        assert_eq!(leader.token, leading.token());
+        assert_eq!(changes.next().unwrap().unwrap(), Some(leader));
+
+        // DEL on the owning node: the leader hears of it from its lost
+        // watcher (the heartbeat is 20 s away), the feed reports no
+        // leader.
+        let lost = leading.lost_receiver();
+        let mut owner = cluster.node_for(leading.key()).conn();
+        let deleted: i64 = redis::cmd("DEL")
+            .arg(leading.key())
+            .query(&mut owner)
+            .unwrap();
+        assert_eq!(deleted, 1);
+        assert!(lost.recv_timeout(Duration::from_secs(10)).is_ok());
+        assert_eq!(changes.next().unwrap().unwrap(), None);
+        assert_eq!(b.leader(&name).unwrap(), None);
+    }
+}
+
 #[cfg(feature = "cluster-async")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_cluster_lock_and_wait() {

@@ -3,6 +3,7 @@
 //! server answer means for them. Both managers drive these; neither
 //! builds a RESERVE.* command or words a log line about a grant itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use log::Level;
@@ -62,7 +63,13 @@ impl Claim {
 
     pub(crate) fn lock_cmd(&self, settings: &Settings) -> Cmd {
         if self.more.is_empty() {
-            protocol::lock(&self.key, &self.holder, settings.lock_ttl, self.access)
+            protocol::lock(
+                &self.key,
+                &self.holder,
+                settings.lock_ttl,
+                self.access,
+                settings.lock_delay,
+            )
         } else {
             protocol::lock_all(&self.keys(), &self.holder, settings.lock_ttl)
         }
@@ -76,6 +83,7 @@ impl Claim {
                 settings.lock_ttl,
                 timeout,
                 self.access,
+                settings.lock_delay,
             )
         } else {
             protocol::wait_all(&self.keys(), &self.holder, settings.lock_ttl, timeout)
@@ -127,6 +135,7 @@ impl Claim {
                 .map(|((_, key), t)| (key, t))
                 .collect(),
             lost: LostFlag::new(),
+            releasing: AtomicBool::new(false),
         }
     }
 }
@@ -158,6 +167,9 @@ pub(crate) struct Grant {
     /// Further keys held with it (`lock_all`), each with its token.
     pub(crate) more: Vec<(String, u64)>,
     pub(crate) lost: LostFlag,
+    /// Set before our own RELEASE is sent (by `release()` or the drop):
+    /// what the lost watcher sees after that is our own doing.
+    releasing: AtomicBool,
 }
 
 impl Grant {
@@ -201,6 +213,16 @@ impl Grant {
 
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.is_lost()
+    }
+
+    /// Our own release begins: from now on a change of the key is not a
+    /// loss.
+    pub(crate) fn begin_release(&self) {
+        self.releasing.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_releasing(&self) -> bool {
+        self.releasing.load(Ordering::SeqCst)
     }
 
     /// Marks it lost; the first time, tells the log, receivers and callback.

@@ -1,6 +1,7 @@
 //! The client's core, without I/O: settings, the wire protocol (command
 //! builders and reply decoders), holder identities, claims and grants, the
-//! lost-lock state, the heartbeat's schedule and the wait loop's decisions.
+//! lost-lock state, the heartbeat's schedule, the wait loop's decisions and
+//! the OBSERVE loops' (leader changes, the lost watcher).
 //!
 //! The blocking manager (`manager.rs`) and the async one
 //! (`asynchronous.rs`) own the connections, threads, tasks and sleeps, and
@@ -14,6 +15,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod identity;
 pub(crate) mod logger;
 pub(crate) mod lost;
+pub(crate) mod observe;
 pub(crate) mod protocol;
 pub(crate) mod settings;
 pub(crate) mod wait;

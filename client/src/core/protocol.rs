@@ -59,33 +59,117 @@ fn wait_ms(timeout: Duration) -> u64 {
     (timeout.as_millis() as u64).max(1)
 }
 
-/// `RESERVE.LOCK key holder ttl [options]`: answers the token, 0 when it
-/// does not fit now.
-pub(crate) fn lock(key: &str, holder: &str, ttl: Duration, access: Access) -> Cmd {
+/// The longest lock-delay the module takes (`DELAY ms`, 0..=3600000).
+pub(crate) const MAX_LOCK_DELAY: Duration = Duration::from_secs(3600);
+
+/// `DELAY ms` (milliseconds, rounded up) when a lock-delay is set; nothing
+/// otherwise, so the server's `reservation.lock-delay` applies.
+fn delay_args(delay: Option<Duration>) -> Vec<String> {
+    match delay {
+        Some(d) => vec!["DELAY".into(), d.as_micros().div_ceil(1000).to_string()],
+        None => Vec::new(),
+    }
+}
+
+/// `RESERVE.LOCK key holder ttl [options] [DELAY ms]`: answers the token,
+/// 0 when it does not fit now.
+pub(crate) fn lock(
+    key: &str,
+    holder: &str,
+    ttl: Duration,
+    access: Access,
+    delay: Option<Duration>,
+) -> Cmd {
     let mut cmd = redis::cmd("RESERVE.LOCK");
     cmd.arg(key)
         .arg(holder)
         .arg(secs_arg(ttl))
-        .arg(access.args());
+        .arg(access.args())
+        .arg(delay_args(delay));
     cmd
 }
 
-/// `RESERVE.WAIT key holder ttl timeout [options]` (`0`: no timeout):
-/// answers the token, 0 when it timed out or was unblocked.
+/// `RESERVE.WAIT key holder ttl timeout [options] [DELAY ms]` (`0`: no
+/// timeout): answers the token, 0 when it timed out or was unblocked.
 pub(crate) fn wait(
     key: &str,
     holder: &str,
     ttl: Duration,
     timeout: Option<Duration>,
     access: Access,
+    delay: Option<Duration>,
 ) -> Cmd {
     let mut cmd = redis::cmd("RESERVE.WAIT");
     cmd.arg(key)
         .arg(holder)
         .arg(secs_arg(ttl))
         .arg(timeout.map_or_else(|| "0".to_string(), secs_arg))
-        .arg(access.args());
+        .arg(access.args())
+        .arg(delay_args(delay));
     cmd
+}
+
+/// The largest token OBSERVE takes (2^53 - 1). Tokens come from the clock
+/// (`unix_seconds << 20`) and reach it around the year 2240, so an OBSERVE
+/// with it answers a key's state at once; the callers still handle the
+/// key that has it.
+pub(crate) const MAX_TOKEN: u64 = (1 << 53) - 1;
+
+/// `RESERVE.OBSERVE key token timeout` (`0`: no timeout): answers the
+/// key's current `[holder, token]` once its token differs from `token`,
+/// nil when the timeout passes first. Decode with [`observe_reply`].
+pub(crate) fn observe(key: &str, token: u64, timeout: Option<Duration>) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE.OBSERVE");
+    cmd.arg(key)
+        .arg(token)
+        .arg(timeout.map_or_else(|| "0".to_string(), secs_arg));
+    cmd
+}
+
+/// Who holds a key, as `RESERVE.OBSERVE` reports it: the holder and token
+/// of its oldest current grant. For an election, the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Leader {
+    /// The holder identity (`<by>-<hostname>-<pid>-<random>` for holders
+    /// of this crate).
+    pub holder: String,
+    /// The grant's fencing token (>= 1; 0 for an old library's
+    /// plain-string reservation, which has none).
+    pub token: u64,
+}
+
+/// OBSERVE's answer: `None` when it timed out (nothing changed),
+/// `Some(None)` when the key holds no grant (`[nil, 0]`), `Some(Some(_))`
+/// for the key's current grant (`[holder, 0]` for an old library's
+/// plain-string lock). Anything else is a `TypeError`, never a panic.
+pub(crate) fn observe_reply(value: Value) -> redis::RedisResult<Option<Option<Leader>>> {
+    let unexpected = |v: &Value| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::TypeError,
+            "unexpected RESERVE.OBSERVE reply",
+            format!("{v:?}"),
+        )))
+    };
+    let items = match value {
+        Value::Nil => return Ok(None),
+        Value::Array(items) if items.len() == 2 => items,
+        other => return unexpected(&other),
+    };
+    let token = match &items[1] {
+        Value::Int(t) if *t >= 0 => *t as u64,
+        _ => return unexpected(&Value::Array(items)),
+    };
+    let holder = match &items[0] {
+        Value::Nil => None,
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => return unexpected(&Value::Array(items)),
+    };
+    match (holder, token) {
+        (None, 0) => Ok(Some(None)),
+        (Some(holder), token) => Ok(Some(Some(Leader { holder, token }))),
+        (None, _) => unexpected(&Value::Array(items)),
+    }
 }
 
 /// `RESERVE.LOCKALL holder ttl key [key ...]`: answers every token in key
@@ -196,6 +280,10 @@ pub struct ReservationInfo {
     pub waiters: u64,
     /// The waiting holders, oldest first.
     pub queue: Vec<String>,
+    /// During a lock-delay (the grant ran out, nobody may take the key
+    /// yet): the milliseconds left; 0 otherwise. `holder` and `token` then
+    /// name the expired grant and `ttl_ms` is 0.
+    pub delay_ms: u64,
 }
 
 impl ReservationInfo {
@@ -231,6 +319,7 @@ impl ReservationInfo {
                 "renewals" => info.renewals = from_redis_value(&v)?,
                 "waiters" => info.waiters = from_redis_value(&v)?,
                 "queue" => info.queue = from_redis_value(&v)?,
+                "delay_ms" => info.delay_ms = from_redis_value(&v)?,
                 _ => {}
             }
         }
@@ -277,16 +366,54 @@ mod tests {
     fn commands_carry_their_arguments() {
         let ttl = Duration::from_millis(1500);
         assert_eq!(
-            args(&lock("k", "h", ttl, Access::Exclusive)),
+            args(&lock("k", "h", ttl, Access::Exclusive, None)),
             ["RESERVE.LOCK", "k", "h", "1.500"]
         );
         assert_eq!(
-            args(&lock("k", "h", ttl, Access::Shared)),
+            args(&lock("k", "h", ttl, Access::Shared, None)),
             ["RESERVE.LOCK", "k", "h", "1.500", "SHARED"]
         );
         assert_eq!(
-            args(&wait("k", "h", ttl, None, Access::Exclusive)),
+            args(&lock(
+                "k",
+                "h",
+                ttl,
+                Access::Exclusive,
+                Some(Duration::ZERO)
+            )),
+            ["RESERVE.LOCK", "k", "h", "1.500", "DELAY", "0"]
+        );
+        assert_eq!(
+            args(&wait("k", "h", ttl, None, Access::Exclusive, None)),
             ["RESERVE.WAIT", "k", "h", "1.500", "0"]
+        );
+        assert_eq!(
+            args(&wait(
+                "k",
+                "h",
+                ttl,
+                None,
+                Access::Shared,
+                Some(Duration::from_micros(2500))
+            )),
+            [
+                "RESERVE.WAIT",
+                "k",
+                "h",
+                "1.500",
+                "0",
+                "SHARED",
+                "DELAY",
+                "3"
+            ]
+        );
+        assert_eq!(
+            args(&observe("k", 0, None)),
+            ["RESERVE.OBSERVE", "k", "0", "0"]
+        );
+        assert_eq!(
+            args(&observe("k", MAX_TOKEN, Some(Duration::from_millis(250)))),
+            ["RESERVE.OBSERVE", "k", "9007199254740991", "0.250"]
         );
         assert_eq!(
             args(&wait(
@@ -297,7 +424,8 @@ mod tests {
                 Access::Permits {
                     limit: 5,
                     permits: 2
-                }
+                },
+                None
             )),
             [
                 "RESERVE.WAIT",
@@ -329,6 +457,56 @@ mod tests {
     }
 
     #[test]
+    fn observe_replies_decode_without_panicking() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let pair = |h: Value, t: i64| Value::Array(vec![h, Value::Int(t)]);
+        assert_eq!(observe_reply(Value::Nil), Ok(None));
+        assert_eq!(observe_reply(pair(Value::Nil, 0)), Ok(Some(None)));
+        assert_eq!(
+            observe_reply(pair(bulk("legacy"), 0)),
+            Ok(Some(Some(Leader {
+                holder: "legacy".into(),
+                token: 0
+            }))),
+            "an old library's lock"
+        );
+        assert_eq!(
+            observe_reply(pair(bulk("h"), 7)),
+            Ok(Some(Some(Leader {
+                holder: "h".into(),
+                token: 7
+            })))
+        );
+        assert_eq!(
+            observe_reply(pair(Value::SimpleString("h".into()), 7)),
+            Ok(Some(Some(Leader {
+                holder: "h".into(),
+                token: 7
+            })))
+        );
+        assert_eq!(
+            observe_reply(pair(Value::BulkString(vec![0xff, b'h']), 7)),
+            Ok(Some(Some(Leader {
+                holder: "\u{fffd}h".into(),
+                token: 7
+            })))
+        );
+        for bad in [
+            Value::Int(0),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Nil]),
+            Value::Array(vec![Value::Nil, Value::Int(0), Value::Nil]),
+            pair(Value::Nil, 7),
+            pair(bulk("h"), -1),
+            pair(Value::Int(3), 7),
+            Value::Array(vec![bulk("h"), bulk("7")]),
+            Value::Okay,
+        ] {
+            assert!(observe_reply(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn info_decodes_resp2_and_resp3() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let fields = vec![
@@ -337,6 +515,7 @@ mod tests {
             (bulk("ttl_ms"), Value::Int(-1)),
             (bulk("waiters"), Value::Int(1)),
             (bulk("queue"), Value::Array(vec![bulk("q")])),
+            (bulk("delay_ms"), Value::Int(250)),
             (bulk("future-field"), Value::Int(0)),
         ];
         let want = ReservationInfo {
@@ -345,6 +524,7 @@ mod tests {
             ttl_ms: -1,
             waiters: 1,
             queue: vec!["q".into()],
+            delay_ms: 250,
             ..ReservationInfo::default()
         };
         let flat = fields.iter().flat_map(|(k, v)| [k.clone(), v.clone()]);

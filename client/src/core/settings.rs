@@ -27,6 +27,8 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/";
 pub(crate) struct Settings {
     pub(crate) by: String,
     pub(crate) lock_ttl: Duration,
+    /// `DELAY` for every LOCK and WAIT (`None`: the server's default).
+    pub(crate) lock_delay: Option<Duration>,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) key_prefix: String,
     pub(crate) logger: Logger,
@@ -72,6 +74,7 @@ impl Settings {
         Settings {
             by: "w".into(),
             lock_ttl: Duration::from_secs(3),
+            lock_delay: None,
             heartbeat_interval: Duration::from_secs(1),
             key_prefix: DEFAULT_KEY_PREFIX.into(),
             logger: Logger::Callback(Arc::new(move |level, msg| {

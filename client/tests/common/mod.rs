@@ -87,3 +87,18 @@ pub fn info_field(conn: &mut redis::Connection, field: &str) -> u64 {
         .copied()
         .unwrap_or_else(|| panic!("INFO reservation has no {field}"))
 }
+
+/// `connected_clients` and `blocked_clients` of `INFO clients`.
+pub fn clients(conn: &mut redis::Connection) -> (u64, u64) {
+    let text: String = redis::cmd("INFO")
+        .arg("clients")
+        .query(conn)
+        .expect("INFO clients");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO clients has no {name}"))
+    };
+    (field("connected_clients"), field("blocked_clients"))
+}
