@@ -752,8 +752,44 @@ pub fn sync_expiry_timer(
     if let Some(at) = fire_at {
         let data = Box::into_raw(Box::new(qk.clone()));
         let delay = ffi::timer_delay(at, now, ffi::now_us());
+        // Due within the millisecond: a 0 ms timer armed from inside a
+        // timer callback would run a millisecond later (Redis reschedules
+        // its module-timer event by whole milliseconds), so it is armed
+        // from the next turn of the event loop instead.
+        if delay == 0 && ffi::on_next_turn(arm_due_expiry_timer, data.cast()) {
+            meta.expiry_timer = Some((ARMING, at));
+            return;
+        }
         let id = create_timer(ctx, delay, expiry_timer_fired, data.cast());
         meta.expiry_timer = Some((id, at));
+    }
+}
+
+/// The timer id of an expiry timer that `arm_due_expiry_timer` is about
+/// to create (no module timer has id 0: ids are expiry times in µs).
+const ARMING: u64 = 0;
+
+/// Arms a 0 ms expiry timer for the queue key in `data`, outside any
+/// timer callback, unless its queue is gone or was given another timer
+/// meanwhile.
+extern "C" fn arm_due_expiry_timer(data: *mut c_void) {
+    let ctx = ffi::detached_ctx();
+    let Some(mut st) = state() else {
+        free_expiry_timer_data(Some(data));
+        return;
+    };
+    let qk = data.cast::<QueueKey>();
+    // SAFETY: `data` is the Box<QueueKey> made in sync_expiry_timer, ours
+    // until handed to a timer or freed here.
+    let meta = st.waiters.meta_mut(unsafe { &*qk });
+    match meta {
+        Some(meta) if !ctx.is_null() && matches!(meta.expiry_timer, Some((ARMING, _))) => {
+            let id = create_timer(ctx, 0, expiry_timer_fired, data);
+            if let Some((_, at)) = meta.expiry_timer {
+                meta.expiry_timer = Some((id, at));
+            }
+        }
+        _ => free_expiry_timer_data(Some(data)),
     }
 }
 

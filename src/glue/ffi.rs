@@ -190,12 +190,25 @@ pub fn create_timer(ctx: Ctx, period_ms: i64, cb: TimerCallback, data: *mut c_vo
     unsafe { rm!(RedisModule_CreateTimer)(ctx, period_ms, Some(cb), data) }
 }
 
+pub type OneShot = unsafe extern "C" fn(data: *mut c_void);
+
+/// Runs `cb(data)` on the main thread at the next turn of the event loop
+/// (Redis wakes its loop through the module pipe). False when it could not
+/// be queued: the caller still owns `data`.
+pub fn on_next_turn(cb: OneShot, data: *mut c_void) -> bool {
+    // SAFETY: Redis keeps `data` for `cb` and calls it once, on the main
+    // thread.
+    unsafe { rm!(RedisModule_EventLoopAddOneShot)(Some(cb), data) == raw::REDISMODULE_OK as c_int }
+}
+
 /// What to ask a module timer for so that it fires at `fire_at_ms` or
 /// just before: the milliseconds until then from the microsecond clock,
 /// rounded down, less one, because Redis's event loop rounds its sleep up
 /// to whole milliseconds (`epoll_wait`) and would wake up to one late. A
 /// timer that finds its instant not yet come re-arms with 0, which fires
-/// on the next turn of the event loop: so the work happens within a turn
+/// on the next turn of the event loop (when armed from outside a timer
+/// callback: from inside one Redis runs it a millisecond later, hence
+/// `on_next_turn` in `blocking.rs`): so the work happens within a turn
 /// of the instant, at the cost of spinning for under two milliseconds.
 /// `now_ms` is the clock the instant was compared with; `now_us` the same
 /// clock in µs when available (0 otherwise).

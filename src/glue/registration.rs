@@ -369,6 +369,7 @@ fn check_api() -> Result<(), String> {
         RedisModule_DigestAddStringBuffer,
         RedisModule_DigestEndSequence,
         RedisModule_EmitAOF,
+        RedisModule_EventLoopAddOneShot,
         RedisModule_FreeString,
         RedisModule_GetAbsExpire,
         RedisModule_GetBlockedClientHandle,
