@@ -97,6 +97,28 @@ fn release_delete_and_flush_end_a_grant_with_no_delay() {
     assert!(lock(&mut c, &["b", "w2", "60"]) > 0);
 }
 
+/// PERSIST leaves a key with a delay no instant for its grant's end: the
+/// grant counts as ended, and its holder never renews its way back.
+#[test]
+fn persist_never_gives_an_expired_grant_back() {
+    let server = Server::start();
+    let mut c = server.conn();
+    assert!(lock(&mut c, &["p", "w", "0.2", "DELAY", "60000"]) > 0);
+    wait_for_delay(&mut c, "p");
+    assert_eq!(int(&mut c, &["PERSIST", "p"]), 1);
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "p", "w", "10"]), 0);
+    assert_eq!(lock(&mut c, &["p", "w", "10"]), 0);
+    assert_eq!(int_of(&mut c, "p", "delay_ms"), -1, "no end");
+    assert_eq!(int_of(&mut c, "p", "ttl_ms"), 0);
+    // Held, then persisted: ended too.
+    assert!(lock(&mut c, &["q", "w", "60", "DELAY", "1000"]) > 0);
+    assert_eq!(int(&mut c, &["PERSIST", "q"]), 1);
+    assert_eq!(int(&mut c, &["RESERVE.RENEW", "q", "w", "10"]), 0);
+    // DEL ends it.
+    assert_eq!(int(&mut c, &["DEL", "p", "q"]), 2);
+    assert!(lock(&mut c, &["p", "w2", "10"]) > 0);
+}
+
 #[test]
 fn renew_and_reacquire_keep_the_delay_behind_the_new_expiry() {
     let server = Server::start();

@@ -337,9 +337,11 @@ impl<'a> ReservationRef<'a> {
 
     /// Whether the grant has ended and the key only waits out its delay.
     /// A key is live while `now <= expire` (Redis's rule), and so is the
-    /// grant while `now <= grant_end`.
+    /// grant while `now <= grant_end`. A key with a delay but no expiry
+    /// (an admin's PERSIST) no longer says when its grant ends: it counts
+    /// as ended, so an expired holder can never renew its way back.
     pub fn in_delay(self, key_expire_ms: Option<i64>, now_ms: i64) -> bool {
-        self.delay_ms() > 0 && key_expire_ms.is_some_and(|e| now_ms > self.grant_end(e))
+        self.delay_ms() > 0 && key_expire_ms.is_none_or(|e| now_ms > self.grant_end(e))
     }
 
     /// Bytes this value occupies on the heap (its allocation's size).
@@ -687,7 +689,7 @@ mod tests {
         assert!(!delayed.view().in_delay(Some(expire), NOW + 8_500));
         assert!(delayed.view().in_delay(Some(expire), NOW + 8_501));
         assert!(!plain.view().in_delay(Some(expire), NOW + 9_999));
-        assert!(!delayed.view().in_delay(None, NOW + 9_999));
+        assert!(delayed.view().in_delay(None, NOW), "persisted: ended");
         let ttl = Ttl::new(2_000, 500);
         assert_eq!(
             (ttl.grant_end(NOW), ttl.key_expire(NOW)),

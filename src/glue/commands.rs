@@ -727,7 +727,9 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
         permits: 1,
     };
     // The delay left on a key whose grant expired into its lock-delay.
+    // -1: in a delay with no end (the key's expiry was removed).
     let mut delay_ms = 0;
+    let mut delayed = false;
     let (grants, limit): (Vec<Shown<'_>>, u32) = match current(&key, now)? {
         Current::Free => (Vec::new(), 0),
         Current::Held(r) => {
@@ -740,7 +742,8 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
             (vec![shown], 0)
         }
         Current::Delayed(r) => {
-            delay_ms = key_ttl.max(0);
+            delayed = true;
+            delay_ms = key_ttl;
             let shown = exclusive(r.holder(), r.token(), 0, r.acquired_at_ms(), r.renewals());
             (vec![shown], 0)
         }
@@ -769,6 +772,7 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
                 .collect();
             match GrantSet::delay_after(set.grants(), now) {
                 Some((g, until)) if live.is_empty() => {
+                    delayed = true;
                     delay_ms = until - now;
                     (vec![shown(g, 0)], set.limit())
                 }
@@ -781,7 +785,7 @@ pub fn info(ctx: Ctx, argv: &[&[u8]], raw_args: &[RString]) -> Result<(), Failur
         return Ok(());
     };
     // A key in its lock-delay is granted to no one.
-    let permits_used: u64 = if delay_ms > 0 {
+    let permits_used: u64 = if delayed {
         0
     } else {
         grants.iter().map(|g| u64::from(g.permits)).sum()
