@@ -467,9 +467,7 @@ fn grant_group(ctx: Ctx, st: &mut ModuleState, gid: u64, now: i64) -> usize {
         match key.kind() {
             KeyKind::Empty => own.push(None),
             KeyKind::Reservation(_) => match granting::value_of(key) {
-                Some(ValueRef::Mutex(r))
-                    if r.holder() == &*holder && !r.in_delay(key.abs_expire(), now) =>
-                {
+                Some(ValueRef::Mutex(r)) if r.holder() == &*holder && !key.in_delay(r, now) => {
                     own.push(Some(r.token()))
                 }
                 _ => return 0,

@@ -128,7 +128,7 @@ pub fn occupancy(key: &OpenKey, holder: &[u8], now: i64) -> Option<(Occupancy, O
         KeyKind::LegacyString => (Occupancy::EXCLUSIVE, None),
         KeyKind::Other => return None,
         KeyKind::Reservation(_) => match value_of(key)? {
-            ValueRef::Mutex(r) if r.in_delay(key.abs_expire(), now) => (Occupancy::EXCLUSIVE, None),
+            ValueRef::Mutex(r) if key.in_delay(r, now) => (Occupancy::EXCLUSIVE, None),
             ValueRef::Mutex(r) => {
                 let mine = (r.holder() == holder).then_some(Mine {
                     token: r.token(),

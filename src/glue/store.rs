@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 
 use redis_module::raw;
 
-use crate::engine::reservation::{Current, Reservation};
+use crate::engine::reservation::{Current, Reservation, ReservationRef};
 use crate::engine::value::{Value, ValueRef};
 use crate::glue::datatype::{count_created, count_freed, RESERVATION_TYPE};
 use crate::glue::ffi::{rm, Ctx, RString};
@@ -85,16 +85,20 @@ impl OpenKey {
             // SAFETY: the value lives as long as the key stays open and is
             // not replaced; callers drop this view before changing the key.
             KeyKind::Reservation(r) => match unsafe { ValueRef::from_raw(r) } {
-                // Only a mutex with a delay asks for the key's expiry.
-                ValueRef::Mutex(r) if r.delay_ms() > 0 && r.in_delay(self.abs_expire(), now) => {
-                    Current::Delayed(r)
-                }
+                ValueRef::Mutex(r) if self.in_delay(r, now) => Current::Delayed(r),
                 ValueRef::Mutex(r) => Current::Held(r),
                 ValueRef::Set(set) => Current::Grants(set),
             },
             KeyKind::LegacyString => Current::Legacy(self.string_value()),
             KeyKind::Other => return None,
         })
+    }
+
+    /// Whether `r`, this key's mutex, has ended and waits out its
+    /// lock-delay. Only a mutex with a delay asks Redis for the key's
+    /// expiry: the plain mutex's paths pay one header load.
+    pub fn in_delay(&self, r: ReservationRef<'_>, now: i64) -> bool {
+        r.delay_ms() > 0 && r.in_delay(self.abs_expire(), now)
     }
 
     /// The value of a plain-string key (an old library's holder).
