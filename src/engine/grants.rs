@@ -216,6 +216,14 @@ pub struct Grant {
     pub delay_ms: u32,
 }
 
+impl Grant {
+    /// When the lock-delay after this grant's expiry ends (its expiry when
+    /// it has none).
+    pub fn delay_end(&self) -> i64 {
+        self.expires_at_ms.saturating_add(i64::from(self.delay_ms))
+    }
+}
+
 /// The grants of a key that is more than one exclusive grant, oldest
 /// (lowest token) first, with the key's limit. Counts are kept alongside
 /// so deciding never walks the grants.
@@ -320,7 +328,7 @@ impl GrantSet {
         self.grants
             .iter()
             .filter(|g| g.expires_at_ms == last)
-            .map(|g| last.saturating_add(i64::from(g.delay_ms)))
+            .map(Grant::delay_end)
             .max()
     }
 
@@ -365,7 +373,7 @@ impl GrantSet {
         expired
             .iter()
             .filter(|g| g.expires_at_ms == last && g.delay_ms > 0)
-            .map(|g| (g, g.expires_at_ms.saturating_add(i64::from(g.delay_ms))))
+            .map(|g| (g, g.delay_end()))
             .filter(|&(_, until)| until > now_ms)
             .max_by_key(|&(g, until)| (until, g.token))
     }

@@ -14,7 +14,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use crate::engine::grants::GrantSet;
+use crate::engine::grants::{Grant, GrantSet};
 
 // ----- how a mutex is stored -----
 //
@@ -160,6 +160,18 @@ impl Reservation {
             std::ptr::copy_nonoverlapping(holder.as_ptr(), p.add(at), holder.len());
         }
         Reservation { ptr }
+    }
+
+    /// The mutex that stores `g` when it is a key's only grant (or the one
+    /// whose lock-delay the key waits out).
+    pub fn of_grant(g: &Grant) -> Self {
+        Self::with_delay(
+            &g.holder,
+            g.token,
+            g.acquired_at_ms,
+            u64::from(g.renewals),
+            g.delay_ms,
+        )
     }
 
     pub fn view(&self) -> ReservationRef<'_> {

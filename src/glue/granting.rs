@@ -100,11 +100,15 @@ pub fn new_token(ctx: Ctx, now: i64) -> Result<u64, &'static str> {
 /// `new_token`).
 pub fn grant(ctx: Ctx, key: &OpenKey, name: &[u8], holder: &[u8], ttl: Ttl, token: u64, now: i64) {
     let r = Reservation::with_delay(holder, token, now, 0, ttl.delay_ms);
-    let expire_at = ttl.key_expire(now);
+    put_mutex(ctx, key, name, r, ttl.key_expire(now));
+    bump(&STATS.grants);
+}
+
+/// Stores `r` as the key's value with its expiry, propagated.
+fn put_mutex(ctx: Ctx, key: &OpenKey, name: &[u8], r: Reservation, expire_at: i64) {
     replicate_state(ctx, name, r.view(), expire_at);
     key.set_reservation(r);
     key.set_abs_expire(expire_at);
-    bump(&STATS.grants);
 }
 
 // ----- reading a key's grants -----
@@ -189,16 +193,7 @@ pub fn end_expired(ctx: Ctx, key: &OpenKey, name: &[u8], now: i64) -> usize {
     let (ended, delayed) = with_set(key, |set| {
         let expired = set.remove_expired(now);
         let delayed = if set.is_empty() {
-            GrantSet::delay_after(&expired, now).map(|(g, until)| {
-                let r = Reservation::with_delay(
-                    &g.holder,
-                    g.token,
-                    g.acquired_at_ms,
-                    u64::from(g.renewals),
-                    g.delay_ms,
-                );
-                (r, until)
-            })
+            GrantSet::delay_after(&expired, now).map(|(g, until)| (Reservation::of_grant(g), until))
         } else {
             None
         };
@@ -206,9 +201,7 @@ pub fn end_expired(ctx: Ctx, key: &OpenKey, name: &[u8], now: i64) -> usize {
     })
     .unwrap_or((0, None));
     if let Some((r, until)) = delayed {
-        replicate_state(ctx, name, r.view(), until);
-        key.set_reservation(r);
-        key.set_abs_expire(until);
+        put_mutex(ctx, key, name, r, until);
     }
     for _ in 0..ended {
         bump(&STATS.expirations);
@@ -241,17 +234,13 @@ pub fn settle(ctx: Ctx, key: &OpenKey, name: &[u8]) -> Settled {
         return Settled::Deleted;
     }
     if let Some(only) = set.as_plain_mutex() {
-        let r = Reservation::with_delay(
-            &only.holder,
-            only.token,
-            only.acquired_at_ms,
-            u64::from(only.renewals),
-            only.delay_ms,
+        put_mutex(
+            ctx,
+            key,
+            name,
+            Reservation::of_grant(only),
+            only.delay_end(),
         );
-        let expire_at = only.expires_at_ms.saturating_add(i64::from(only.delay_ms));
-        replicate_state(ctx, name, r.view(), expire_at);
-        key.set_reservation(r);
-        key.set_abs_expire(expire_at);
         return Settled::Mutex;
     }
     let Some((earliest, _)) = set.deadlines() else {
