@@ -493,13 +493,10 @@ fn grant_group(ctx: Ctx, st: &mut ModuleState, gid: u64, now: i64) -> usize {
         match own[i] {
             None => granting::grant(ctx, key, &qk.key, &holder, ttl, tokens[i], now),
             Some(_) => {
-                // A re-acquire keeps the grant's token and its delay.
-                let mut expire_at = ttl.key_expire(now);
+                // This holder's own mutex, as looked at above.
                 if let Some(ValueRef::Mutex(r)) = granting::value_of(key) {
-                    expire_at = Ttl::new(ttl.ttl_ms, r.delay_ms()).key_expire(now);
-                    granting::replicate_state(ctx, &qk.key, r, expire_at);
+                    granting::reacquire(ctx, key, &qk.key, r, ttl.ttl_ms, now);
                 }
-                key.set_abs_expire(expire_at);
             }
         }
         bump(&STATS.handoffs);

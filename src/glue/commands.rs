@@ -218,10 +218,7 @@ fn acquire(ctx: Ctx, req: Request<'_>) -> Result<(), Failure> {
             let Current::Held(r) = cur else {
                 return Err(errors::INTERNAL_PANIC.into());
             };
-            // A re-acquire keeps the grant's token and its delay.
-            let expire_at = Ttl::new(req.ttl_ms, r.delay_ms()).key_expire(now);
-            replicate_state(ctx, req.key, r, expire_at);
-            key.set_abs_expire(expire_at);
+            let expire_at = granting::reacquire(ctx, &key, req.key, r, req.ttl_ms, now);
             bump(&STATS.reacquires);
             notify(ctx, Event::Lock, req.name);
             if let Some(qk) = &queued {
@@ -491,16 +488,13 @@ fn acquire_all(
         match held[i] {
             None => grant(ctx, key, name, a.holder, ttl, tokens[i], now),
             Some(_) => {
-                // A re-acquire keeps the grant's token and its delay.
-                let mut expire_at = ttl.key_expire(now);
+                // Held by this holder when looked at above.
                 if let Current::Held(r) = current(key, now)? {
-                    expire_at = Ttl::new(a.ttl_ms, r.delay_ms()).key_expire(now);
-                    replicate_state(ctx, name, r, expire_at);
-                }
-                key.set_abs_expire(expire_at);
-                bump(&STATS.reacquires);
-                if let Some(qk) = waiters_on(ctx, &st, name) {
-                    blocking::sync_expiry_timer(ctx, &mut st, &qk, Some(expire_at), now);
+                    let expire_at = granting::reacquire(ctx, key, name, r, a.ttl_ms, now);
+                    bump(&STATS.reacquires);
+                    if let Some(qk) = waiters_on(ctx, &st, name) {
+                        blocking::sync_expiry_timer(ctx, &mut st, &qk, Some(expire_at), now);
+                    }
                 }
             }
         }

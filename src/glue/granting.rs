@@ -104,6 +104,23 @@ pub fn grant(ctx: Ctx, key: &OpenKey, name: &[u8], holder: &[u8], ttl: Ttl, toke
     bump(&STATS.grants);
 }
 
+/// Refreshes the holder's own mutex `r` for `ttl_ms` from `now` (a
+/// re-acquire): the same token, its lock-delay kept after the new end,
+/// propagated. Returns the key's new expiry.
+pub fn reacquire(
+    ctx: Ctx,
+    key: &OpenKey,
+    name: &[u8],
+    r: ReservationRef<'_>,
+    ttl_ms: u64,
+    now: i64,
+) -> i64 {
+    let expire_at = Ttl::new(ttl_ms, r.delay_ms()).key_expire(now);
+    replicate_state(ctx, name, r, expire_at);
+    key.set_abs_expire(expire_at);
+    expire_at
+}
+
 /// Stores `r` as the key's value with its expiry, propagated.
 fn put_mutex(ctx: Ctx, key: &OpenKey, name: &[u8], r: Reservation, expire_at: i64) {
     replicate_state(ctx, name, r.view(), expire_at);
