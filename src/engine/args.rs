@@ -138,9 +138,10 @@ pub fn parse_token_option(rest: &[&[u8]]) -> Result<Option<u64>, ArgError> {
     }
 }
 
-/// A token from a trusted source (the replication stream or the AOF):
-/// still refused outside 1..=2^53-1, so a forged or corrupt value can
-/// neither be adopted nor exhaust the counter.
+/// A token in the range a grant can have, 1..=2^53-1: from a trusted
+/// source (the replication stream or the AOF), so a forged or corrupt value
+/// can neither be adopted nor exhaust the counter, and as the token an
+/// OBSERVE last saw.
 pub fn parse_stored_token(input: &[u8]) -> Result<u64, ArgError> {
     let token = parse_token(input)?;
     if crate::engine::tokens::is_valid_token(token) {
@@ -164,26 +165,21 @@ pub struct LockArgs<'a> {
 
 /// A lock-delay in plain decimal milliseconds, 0 to `MAX_DELAY_MS`.
 pub fn parse_delay(input: &[u8]) -> Result<u32, ArgError> {
-    if input.is_empty() || input.len() > 10 || !input.iter().all(u8::is_ascii_digit) {
-        return Err(ArgError::Delay);
-    }
-    let ms: u64 = std::str::from_utf8(input)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(ArgError::Delay)?;
-    if ms > MAX_DELAY_MS {
-        return Err(ArgError::Delay);
-    }
-    u32::try_from(ms).map_err(|_| ArgError::Delay)
+    parse_u32_in(input, 0, MAX_DELAY_MS as u32).ok_or(ArgError::Delay)
 }
 
 /// A count option's value: a plain decimal from 1 to `max`.
 fn parse_count(input: &[u8], max: u32) -> Option<u32> {
+    parse_u32_in(input, 1, max)
+}
+
+/// A plain decimal (digits only, at most ten) from `min` to `max`.
+fn parse_u32_in(input: &[u8], min: u32, max: u32) -> Option<u32> {
     if input.is_empty() || input.len() > 10 || !input.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let n: u64 = std::str::from_utf8(input).ok()?.parse().ok()?;
-    u32::try_from(n).ok().filter(|&n| n >= 1 && n <= max)
+    u32::try_from(n).ok().filter(|&n| n >= min && n <= max)
 }
 
 /// What LOCK and WAIT ask for, without the lock-delay.
@@ -362,11 +358,8 @@ pub fn parse_observe<'a>(argv: &[&'a [u8]]) -> Result<ObserveArgs<'a>, ArgError>
     };
     let seen = match token {
         [b'0'] => 0,
-        _ => parse_token(token)?,
+        _ => parse_stored_token(token)?,
     };
-    if seen != 0 && !crate::engine::tokens::is_valid_token(seen) {
-        return Err(ArgError::Token);
-    }
     Ok(ObserveArgs {
         key,
         seen,
