@@ -190,15 +190,15 @@ extern "C" fn process_pending(ctx: Ctx, _data: *mut c_void) {
     }
 }
 
-/// Observers woken per key per turn of the event loop. Redis replies to a
-/// woken client in its `beforeSleep`, about 14 µs each: ten thousand at
-/// once would hold every other client (and the command that changed the
-/// key, whose reply goes out last) for over 100 ms. In batches, the server
-/// serves other clients between them.
+/// Observers woken per key per pass of the module's 0 ms timer, the rest
+/// at the next pass. Redis replies to a woken client in its `beforeSleep`,
+/// about 14 µs each: ten thousand at once would hold every other client
+/// (and the command that changed the key, whose reply goes out last) for
+/// over 100 ms. In batches, the server serves other clients between them.
 const WAKE_BATCH: usize = 256;
 
 /// Looks at an observed key and wakes the observers whose token is no
-/// longer the current grant's (a batch of them, the rest on the next turn);
+/// longer the current grant's (a batch of them, the rest at the next pass);
 /// re-arms the key's timer for those left.
 fn check(ctx: Ctx, qk: &QueueKey) {
     select_db(ctx, qk.db);
@@ -218,7 +218,7 @@ fn check(ctx: Ctx, qk: &QueueKey) {
         .take(WAKE_BATCH + 1)
         .collect();
     if stale.len() > WAKE_BATCH {
-        // The rest on the next turn of the event loop.
+        // The rest at the next pass of the timer.
         stale.truncate(WAKE_BATCH);
         obs.pending.insert(qk.clone());
         arm_pending(ctx, &mut obs);
